@@ -1,0 +1,157 @@
+"""`faceverify` command line: argument parsing and exit codes only; the work is in the library.
+
+Exit codes: 0 success, 2 input error (one line on stderr, no traceback), 1 internal error.
+`--json` writes machine-readable output on stdout; human messages go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import FaceVerifyError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="checkpoint (.pt) or ONNX (.onnx); default: bundled model")
+    parser.add_argument("--device", help="torch device for a .pt model (default: cuda if available)")
+    parser.add_argument("--flip", action="store_true", help="average with the mirrored face")
+
+
+def _verifier(args, face_policy: str = "single"):
+    from .verifier import Verifier
+
+    return Verifier(args.model, device=args.device, face_policy=face_policy, flip=args.flip)
+
+
+def cmd_verify(args) -> int:
+    result = _verifier(args, args.face_policy).verify(args.image_a, args.image_b, args.threshold)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        verdict = "same person" if result.same else "different people"
+        print(f"{verdict}: score {result.score:.4f} "
+              f"{'>=' if result.same else '<'} threshold {result.threshold:.4f}")
+    return EXIT_OK
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    from .verifier import FaceEmbedding
+
+    verifier = _verifier(args, args.face_policy)
+    results = verifier.analyze(args.images, [str(p) for p in args.images])
+    dim = verifier.metadata["embedding_dim"]
+    ok = [isinstance(r, FaceEmbedding) for r in results]
+    np.savez(args.out, paths=np.array([str(p) for p in args.images]),
+             embeddings=np.stack([r.embedding if k else np.full(dim, np.nan, np.float32)
+                                  for r, k in zip(results, ok)]),
+             ok=np.array(ok), status=np.array(["ok" if k else str(r) for r, k in zip(results, ok)]),
+             weights_sha256=verifier.metadata["weights_sha256"])
+    for r, path in zip(results, args.images):
+        if not isinstance(r, FaceEmbedding):
+            print(f"warning: {r}", file=sys.stderr)
+    print(f"{sum(ok)}/{len(ok)} images embedded -> {args.out}", file=sys.stderr)
+    return EXIT_OK if any(ok) else EXIT_INPUT
+
+
+def cmd_evaluate(args) -> int:
+    from .data import read_pairs
+    from .evaluation import score_pairs
+    from .metrics import plot_roc, verification_report
+
+    pairs = read_pairs(args.pairs, args.root)
+    verifier = _verifier(args)
+    scores, same, folds, valid, failures = score_pairs(
+        verifier, pairs, face_policy=args.face_policy, progress=not args.quiet)
+    report = verification_report(scores, same, folds, valid)
+    result = {"pairs_file": str(args.pairs), "model": verifier.metadata.get("weights_sha256"),
+              "arch": verifier.metadata.get("arch"), "providers": verifier.providers,
+              "face_policy": args.face_policy, "flip": args.flip, **report.to_dict(),
+              "failures": failures}
+    print(report.summary(), file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.roc:
+        plot_roc(scores, same, args.roc, valid, label=verifier.metadata.get("arch", "model"))
+    return EXIT_OK
+
+
+def cmd_prepare(args) -> int:
+    from .detect import TorchMTCNN
+    from .prepare import prepare_dataset
+
+    detector = TorchMTCNN(device=args.device, min_face_fraction=args.min_face_fraction)
+    report = prepare_dataset(args.source, args.dest, detector, split=args.split,
+                             policy=args.face_policy, batch_size=args.batch_size)
+    print(f"aligned {report.aligned}, failed {report.failed} (see {Path(args.dest) / 'failures.csv'}), "
+          f"already done {report.skipped}; success {100 * report.success_rate:.2f}%", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceverify", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what runs where")
+    sub = parser.add_subparsers(dest="command", required=True)
+    policies = ("single", "largest", "central")
+
+    p = sub.add_parser("verify", help="are two photos the same person?")
+    p.add_argument("image_a", type=Path)
+    p.add_argument("image_b", type=Path)
+    p.add_argument("--threshold", type=float, help="override the model's calibrated threshold")
+    p.add_argument("--face-policy", choices=policies, default="single")
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("embed", help="embeddings of images into an .npz file")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--face-policy", choices=policies, default="single")
+    _model_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("evaluate", help="accuracy, AUC, EER, TAR@FAR on a pairs protocol")
+    p.add_argument("--pairs", required=True, type=Path, help="LFW pairs.txt or CSV left,right,same[,fold]")
+    p.add_argument("--root", required=True, type=Path, help="folder the pair paths are relative to")
+    p.add_argument("--face-policy", choices=policies, default="central")
+    p.add_argument("--json", type=Path, help="write the full report here")
+    p.add_argument("--roc", type=Path, help="write the ROC curve here (PNG)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _model_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("prepare", help="align an identity dataset into 112x112 crops (resumable)")
+    p.add_argument("source", type=Path, help="identity folders, or a manifest.csv")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--split", help="only rows of this manifest split (e.g. train)")
+    p.add_argument("--face-policy", choices=policies, default="central")
+    p.add_argument("--min-face-fraction", type=float, default=0.2,
+                   help="smallest face searched, as a fraction of the short side (speed)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except FaceVerifyError as exc:
+        print(f"faceverify: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("faceverify: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

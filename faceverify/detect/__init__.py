@@ -1,0 +1,11 @@
+"""Face detection: a `Detector` protocol, the MTCNN backends and the face-selection policy."""
+from .base import DETECTION_MAX_SIDE, POLICIES, Detector, Face, select_face
+
+__all__ = ["DETECTION_MAX_SIDE", "POLICIES", "Detector", "Face", "select_face", "TorchMTCNN"]
+
+
+def __getattr__(name):  # torch is imported only when the torch backend is asked for
+    if name == "TorchMTCNN":
+        from .mtcnn_torch import TorchMTCNN
+        return TorchMTCNN
+    raise AttributeError(name)

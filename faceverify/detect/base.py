@@ -1,0 +1,99 @@
+"""Detector interface and the face-selection policy shared by every detector backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..errors import MultipleFacesError, NoFaceError
+
+#: Selection policies: which detected face a single-face operation uses.
+POLICIES = ("single", "largest", "central")
+#: Under the "single" policy, a second face smaller than this fraction of the largest face's area
+#: is treated as background (a bystander) rather than a competing subject.
+PROMINENT_AREA_RATIO = 0.25
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in image pixels: box (x1, y1, x2, y2), confidence and 5 landmarks (5×2)."""
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+    def to_dict(self) -> dict:
+        return {"box": [round(float(v), 2) for v in self.box], "score": round(self.score, 4),
+                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]}
+
+
+class Detector(Protocol):
+    """Anything that finds faces: torch MTCNN and ONNX MTCNN implement this."""
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Faces per RGB uint8 image, most confident first."""
+
+
+def select_face(faces: Sequence[Face], image_shape, policy: str = "single", name: str = "image") -> Face:
+    """Pick the face a single-face operation should use, or raise a typed error.
+
+    - ``single``: the only prominent face; several prominent faces raise `MultipleFacesError`.
+    - ``largest``: the face with the largest box.
+    - ``central``: the face closest to the image centre (the dataset convention of LFW).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown face policy {policy!r}; choose one of {POLICIES}")
+    if not faces:
+        raise NoFaceError(f"{name}: no face found")
+    by_area = sorted(faces, key=lambda f: f.area, reverse=True)
+    if policy == "largest":
+        return by_area[0]
+    if policy == "central":
+        cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
+        return min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2
+                   + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
+    prominent = [f for f in by_area if f.area >= PROMINENT_AREA_RATIO * by_area[0].area]
+    if len(prominent) > 1:
+        raise MultipleFacesError(
+            f"{name}: {len(prominent)} faces found; crop the image or choose a policy "
+            "('largest' or 'central')", prominent)
+    return by_area[0]
+
+
+#: Images are detected at most this many pixels on their long side (landmarks are scaled back and
+#: alignment uses the full-resolution image), which bounds detection time on huge photos.
+DETECTION_MAX_SIDE = 1280
+
+
+def shrink_for_detection(image: np.ndarray, max_side: int = DETECTION_MAX_SIDE):
+    """Return (image to detect on, factor to multiply its coordinates by to get original pixels)."""
+    import cv2
+
+    long_side = max(image.shape[:2])
+    if long_side <= max_side:
+        return image, 1.0
+    scale = max_side / long_side
+    small = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
+                       interpolation=cv2.INTER_AREA)
+    return small, 1.0 / scale
+
+
+def faces_from_arrays(boxes, scores, landmarks, scale: float, min_score: float) -> list[Face]:
+    """Build `Face` objects from one image's raw detector output, most confident first."""
+    if boxes is None or len(boxes) == 0:
+        return []
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2) * scale
+    faces = [Face(b, float(s), p) for b, s, p in zip(boxes, scores, landmarks) if s >= min_score]
+    return sorted(faces, key=lambda f: f.score, reverse=True)
+
+
+def min_face_size(shape, floor: int, fraction: float) -> int:
+    """Smallest face to look for: `floor` pixels, or `fraction` of the short side if larger."""
+    return max(floor, int(fraction * min(shape[:2])))

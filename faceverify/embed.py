@@ -1,0 +1,36 @@
+"""Torch embedding backend: aligned uint8 crops in, L2-normalised float32 embeddings out.
+
+`runtime.OnnxEmbedder` offers the same call signature without torch; `Verifier` takes either.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import load_checkpoint
+
+
+class TorchEmbedder:
+    """A checkpointed `Embedder` on CPU or CUDA, called on (N, 112, 112, 3) uint8 RGB crops."""
+
+    def __init__(self, model: torch.nn.Module, metadata: dict, device: str = "cpu",
+                 batch_size: int = 64):
+        self.model, self.metadata, self.device, self.batch_size = model, metadata, device, batch_size
+        self.providers = [f"torch:{device}"]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, batch_size: int = 64):
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, metadata = load_checkpoint(path, device)
+        return cls(model, metadata, device, batch_size)
+
+    @torch.inference_mode()
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        out = np.empty((len(crops), self.metadata["embedding_dim"]), dtype=np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(crops[start:start + self.batch_size]))
+            batch = batch.to(self.device).permute(0, 3, 1, 2)
+            out[start:start + len(batch)] = self.model(batch).float().cpu().numpy()
+        return out

@@ -1,0 +1,80 @@
+"""Checkpoints that carry their own metadata, loaded with `torch.load(weights_only=True)`.
+
+A file is `{"metadata": <JSON-able dict>, "state_dict": {name: tensor}}`; the metadata (see
+DESIGN.md) is everything inference needs besides the weights: arch, embedding dim, input format,
+alignment template, calibrated thresholds and a hash that identifies the weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..align import ALIGNED_SIZE, TEMPLATE, TEMPLATE_NAME
+from ..errors import ModelError
+from .embedder import INPUT_FORMAT, Embedder
+
+FORMAT_VERSION = 1
+
+
+def weights_sha256(state_dict: dict) -> str:
+    """Hash of the tensors (names, dtypes, shapes, bytes), independent of the file it is saved in."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_metadata(model: Embedder, thresholds: dict | None = None, training: dict | None = None,
+                   state_dict: dict | None = None) -> dict:
+    """Metadata for `model`; the hash is of `state_dict` (the stored weights) when given."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": model.arch,
+        "embedding_dim": model.embedding_dim,
+        "input_size": ALIGNED_SIZE,
+        "input_format": INPUT_FORMAT,
+        "template": {"name": TEMPLATE_NAME, "points": TEMPLATE.tolist()},
+        "thresholds": thresholds or {},
+        "weights_sha256": weights_sha256(state_dict if state_dict is not None else model.state_dict()),
+        "training": training or {},
+    }
+
+
+def save_checkpoint(path: str | Path, model: Embedder, thresholds: dict | None = None,
+                    training: dict | None = None, half: bool = False) -> dict:
+    """Write model + metadata atomically (temp file + rename); `half` stores fp16 weights."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             for k, v in model.state_dict().items()}
+    metadata = build_metadata(model, thresholds, training, state)
+    metadata["weights_dtype"] = "float16" if half else "float32"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"metadata": json.dumps(metadata), "state_dict": state}, tmp)
+    os.replace(tmp, path)
+    return metadata
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder, dict]:
+    """(model in eval mode, metadata); raises `ModelError` on a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        metadata = json.loads(blob["metadata"])
+        state = blob["state_dict"]
+    except Exception as exc:  # unpickling errors come in many classes
+        raise ModelError(f"{path}: not a faceverify checkpoint ({exc.__class__.__name__})") from None
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{path}: checkpoint format {metadata.get('format_version')} is not "
+                         f"supported (expected {FORMAT_VERSION})")
+    model = Embedder(metadata["arch"], metadata["embedding_dim"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.to(device).eval(), metadata
