@@ -62,23 +62,23 @@ def cmd_embed(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import read_pairs
-    from .evaluation import score_pairs
+    from .evaluation import AlignedPairs
     from .metrics import plot_roc, verification_report
 
     pairs = read_pairs(args.pairs, args.root)
     verifier = _verifier(args)
-    scores, same, folds, valid, failures = score_pairs(
-        verifier, pairs, face_policy=args.face_policy, progress=not args.quiet)
-    report = verification_report(scores, same, folds, valid)
-    result = {"pairs_file": str(args.pairs), "model": verifier.metadata.get("weights_sha256"),
-              "arch": verifier.metadata.get("arch"), "providers": verifier.providers,
-              "face_policy": args.face_policy, "flip": args.flip, **report.to_dict(),
-              "failures": failures}
+    aligned = AlignedPairs.build(pairs, verifier.detector, args.face_policy, progress=not args.quiet)
+    scores, valid = aligned.scores(verifier.embed_aligned)
+    report = verification_report(scores, aligned.same, aligned.folds, valid)
     print(report.summary(), file=sys.stderr)
     if args.json:
+        result = {"pairs_file": str(args.pairs), "weights_sha256": verifier.metadata["weights_sha256"],
+                  "arch": verifier.metadata["arch"], "providers": verifier.providers,
+                  "face_policy": args.face_policy, "flip": args.flip, **report.to_dict(),
+                  "failures": aligned.failures}
         Path(args.json).write_text(json.dumps(result, indent=2))
     if args.roc:
-        plot_roc(scores, same, args.roc, valid, label=verifier.metadata.get("arch", "model"))
+        plot_roc(scores, aligned.same, args.roc, valid, label=verifier.metadata["arch"])
     return EXIT_OK
 
 

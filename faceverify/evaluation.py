@@ -1,36 +1,84 @@
-"""Run a pairs protocol through a `Verifier`: every image embedded once, failures counted as errors."""
+"""Pairs protocols run on aligned crops: detect and align each image once, then score any embedder.
+
+`AlignedPairs` is shared by `faceverify evaluate` and by training-time validation (which caches it
+to disk, so each evaluation during training costs only the embedding of the crops).
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from .align import ALIGNED_SIZE
 from .data import Pair
+from .detect import Detector
 from .errors import FaceVerifyError
-from .metrics import cosine_scores
+from .metrics import VerificationReport, cosine_scores, verification_report
 
 
-def score_pairs(verifier, pairs: Sequence[Pair], batch_size: int = 64, progress: bool = True,
-                face_policy: str = "central"):
-    """(scores, same, folds, valid, failures) for the pairs; `failures` maps path → reason."""
-    paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
-    embeddings, failures = {}, {}
-    with tqdm(total=len(paths), desc="embed", unit="img", disable=not progress) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            for path, result in zip(chunk, verifier.analyze(chunk, [str(p) for p in chunk], face_policy)):
-                if isinstance(result, FaceVerifyError):
-                    failures[str(path)] = str(result)
-                else:
-                    embeddings[path] = result.embedding
-            bar.update(len(chunk))
-    dim = next(iter(embeddings.values())).shape[0] if embeddings else 1
-    zero = np.zeros(dim, np.float32)
-    valid = np.array([p.left in embeddings and p.right in embeddings for p in pairs])
-    scores = cosine_scores(np.stack([embeddings.get(p.left, zero) for p in pairs]),
-                           np.stack([embeddings.get(p.right, zero) for p in pairs]))
-    same = np.array([p.same for p in pairs])
-    folds = np.array([p.fold for p in pairs])
-    return scores, same, folds, valid, failures
+@dataclass
+class AlignedPairs:
+    """Unique images' crops and the pairs as indices into them; `ok[i]` is False where image i
+    had no usable face (its pairs then count as errors)."""
 
+    crops: np.ndarray
+    ok: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    same: np.ndarray
+    folds: np.ndarray
+    failures: dict
+
+    @classmethod
+    def build(cls, pairs: Sequence[Pair], detector: Detector, face_policy: str = "central",
+              batch_size: int = 32, progress: bool = True) -> "AlignedPairs":
+        from .verifier import find_and_align
+
+        paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
+        index = {p: i for i, p in enumerate(paths)}
+        crops = np.zeros((len(paths), ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
+        ok = np.zeros(len(paths), bool)
+        failures = {}
+        with tqdm(total=len(paths), desc="detect+align", unit="img", disable=not progress) as bar:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start:start + batch_size]
+                found = find_and_align(chunk, detector, face_policy, [str(p) for p in chunk])
+                for offset, result in enumerate(found):
+                    if isinstance(result, FaceVerifyError):
+                        failures[str(chunk[offset])] = str(result)
+                    else:
+                        crops[start + offset], ok[start + offset] = result[1], True
+                bar.update(len(chunk))
+        return cls(crops, ok, np.array([index[p.left] for p in pairs]),
+                   np.array([index[p.right] for p in pairs]), np.array([p.same for p in pairs]),
+                   np.array([p.fold for p in pairs]), failures)
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, crops=self.crops, ok=self.ok, left=self.left, right=self.right,
+                            same=self.same, folds=self.folds,
+                            failure_paths=np.array(list(self.failures), dtype=str),
+                            failure_reasons=np.array(list(self.failures.values()), dtype=str))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AlignedPairs":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["crops"], z["ok"], z["left"], z["right"], z["same"], z["folds"],
+                       dict(zip(z["failure_paths"].tolist(), z["failure_reasons"].tolist())))
+
+    def scores(self, embed: Callable[[np.ndarray], np.ndarray]):
+        """(cosine score per pair, valid per pair) using `embed` on the usable crops."""
+        embeddings = np.zeros((len(self.crops), 1), np.float32)
+        usable = np.flatnonzero(self.ok)
+        if len(usable):
+            found = embed(self.crops[usable])
+            embeddings = np.zeros((len(self.crops), found.shape[1]), np.float32)
+            embeddings[usable] = found
+        valid = self.ok[self.left] & self.ok[self.right]
+        return cosine_scores(embeddings[self.left], embeddings[self.right]), valid
+
+    def report(self, embed: Callable[[np.ndarray], np.ndarray]) -> VerificationReport:
+        scores, valid = self.scores(embed)
+        return verification_report(scores, self.same, self.folds, valid)

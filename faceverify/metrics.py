@@ -175,3 +175,13 @@ def plot_roc(scores, same, path, valid=None, label: str = "model") -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def calibrated_thresholds(report: VerificationReport, source: str) -> dict:
+    """Model-metadata thresholds from a dev-pairs report: best accuracy and FAR = 1e-2."""
+    thresholds = {"best_accuracy": {"value": report.best_threshold, "pairs": source,
+                                    "accuracy": report.accuracy_mean}}
+    at_far = report.tar_at_far.get("0.01")
+    if at_far:
+        thresholds["far_1e-2"] = {"value": at_far["threshold"], "pairs": source, "tar": at_far["tar"]}
+    return thresholds

@@ -13,11 +13,11 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from .align import align_face
 from .data import Sample, load_samples
-from .detect import Detector, select_face
+from .detect import Detector
 from .errors import FaceVerifyError
 from .images import load_rgb
+from .verifier import find_and_align
 
 MANIFEST_FIELDS = ["path", "identity", "split", "source", "score"]
 FAILURE_FIELDS = ["source", "identity", "reason"]
@@ -60,15 +60,14 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
                 failures.write([sample.key, sample.identity, reason])
                 report.failed += 1
             ok = decoded["ok"]
-            detections = detector.detect([img for _, img in ok]) if ok else []
-            for (sample, image), faces in zip(ok, detections):
-                try:
-                    face = select_face(faces, image.shape, policy, sample.key)
-                    crop = align_face(image, face.landmarks)
-                except FaceVerifyError as exc:
-                    failures.write([sample.key, sample.identity, str(exc)])
+            found = find_and_align([img for _, img in ok], detector, policy,
+                                   [sample.key for sample, _ in ok])
+            for (sample, _), result in zip(ok, found):
+                if isinstance(result, FaceVerifyError):
+                    failures.write([sample.key, sample.identity, str(result)])
                     report.failed += 1
                     continue
+                face, crop, _ = result
                 out_key = str(Path(sample.key).with_suffix(".jpg"))
                 out_path = dest / out_key
                 out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .align import align_face
-from .detect import Detector, Face, select_face
+from .detect import Detector, Face, pad_for_detection, select_face, shift_face
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput, load_rgb
 from .metrics import cosine_scores
@@ -105,28 +105,14 @@ class Verifier:
                 face_policy: str | None = None) -> list[FaceEmbedding | FaceVerifyError]:
         """Per image, its chosen face and embedding, or the `FaceVerifyError` explaining why not."""
         names = list(names) if names is not None else [_describe(img, i) for i, img in enumerate(images)]
-        results: list = [None] * len(images)
-        loaded = {}
-        for i, img in enumerate(images):
-            try:
-                loaded[i] = load_rgb(img)
-            except FaceVerifyError as exc:
-                results[i] = exc
-        order = list(loaded)
-        detections = self.detector.detect([loaded[i] for i in order]) if order else []
-        chosen = {}
-        for i, faces in zip(order, detections):
-            try:
-                face = select_face(faces, loaded[i].shape, face_policy or self.face_policy, names[i])
-                chosen[i] = (face, align_face(loaded[i], face.landmarks), len(faces))
-            except FaceVerifyError as exc:
-                results[i] = exc
-        if chosen:
-            keys = list(chosen)
-            embeddings = self.embed_aligned(np.stack([chosen[i][1] for i in keys]))
-            for i, embedding in zip(keys, embeddings):
-                face, crop, found = chosen[i]
-                results[i] = FaceEmbedding(face, crop, embedding, found)
+        found = find_and_align(images, self.detector, face_policy or self.face_policy, names)
+        results: list = list(found)
+        ok = [i for i, r in enumerate(found) if not isinstance(r, FaceVerifyError)]
+        if ok:
+            embeddings = self.embed_aligned(np.stack([found[i][1] for i in ok]))
+            for i, embedding in zip(ok, embeddings):
+                face, crop, count = found[i]
+                results[i] = FaceEmbedding(face, crop, embedding, count)
         return results
 
     def embed_aligned(self, crops: np.ndarray) -> np.ndarray:
@@ -154,6 +140,32 @@ class Verifier:
         score = float(cosine_scores(first.embedding, second.embedding))
         threshold = self.threshold() if threshold is None else float(threshold)
         return VerificationResult(score, score >= threshold, threshold, (first, second))
+
+
+def find_and_align(images: Sequence[ImageInput], detector: Detector, face_policy: str,
+                   names: Sequence[str]) -> list:
+    """Per image: (chosen face, aligned crop, number of faces found) or the `FaceVerifyError`."""
+    results: list = [None] * len(images)
+    loaded = {}
+    for i, img in enumerate(images):
+        try:
+            loaded[i] = load_rgb(img)
+        except FaceVerifyError as exc:
+            results[i] = exc
+    order = list(loaded)
+    detections = dict(zip(order, detector.detect([loaded[i] for i in order]) if order else []))
+    retry = [i for i in order if not detections[i]]
+    if retry:  # tightly cropped faces (no margin) are found once the frame is padded
+        padded = [pad_for_detection(loaded[i]) for i in retry]
+        for i, (image, offset), faces in zip(retry, padded, detector.detect([p for p, _ in padded])):
+            detections[i] = [shift_face(f, -offset) for f in faces]
+    for i in order:
+        try:
+            face = select_face(detections[i], loaded[i].shape, face_policy, names[i])
+            results[i] = (face, align_face(loaded[i], face.landmarks), len(detections[i]))
+        except FaceVerifyError as exc:
+            results[i] = exc
+    return results
 
 
 def load_embedder(model: str | Path, device: str | None = None):

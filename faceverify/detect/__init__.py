@@ -1,7 +1,9 @@
 """Face detection: a `Detector` protocol, the MTCNN backends and the face-selection policy."""
-from .base import DETECTION_MAX_SIDE, POLICIES, Detector, Face, select_face
+from .base import (DETECTION_MAX_SIDE, POLICIES, Detector, Face, pad_for_detection, select_face,
+                   shift_face)
 
-__all__ = ["DETECTION_MAX_SIDE", "POLICIES", "Detector", "Face", "select_face", "TorchMTCNN"]
+__all__ = ["DETECTION_MAX_SIDE", "POLICIES", "Detector", "Face", "pad_for_detection", "select_face",
+           "shift_face", "TorchMTCNN"]
 
 
 def __getattr__(name):  # torch is imported only when the torch backend is asked for

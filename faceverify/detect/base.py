@@ -97,3 +97,21 @@ def faces_from_arrays(boxes, scores, landmarks, scale: float, min_score: float) 
 def min_face_size(shape, floor: int, fraction: float) -> int:
     """Smallest face to look for: `floor` pixels, or `fraction` of the short side if larger."""
     return max(floor, int(fraction * min(shape[:2])))
+
+
+#: Margin added around an image in which no face was found (fraction of its size, per side).
+RETRY_PAD = 0.3
+
+
+def pad_for_detection(image: np.ndarray, pad: float = RETRY_PAD):
+    """(image with a black margin, pixel offset of the original inside it)."""
+    import cv2
+
+    py, px = int(pad * image.shape[0]), int(pad * image.shape[1])
+    return cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_CONSTANT, value=(0, 0, 0)), \
+        np.array([px, py], np.float32)
+
+
+def shift_face(face: Face, offset: np.ndarray) -> Face:
+    """The same face with its coordinates translated by `offset` (x, y)."""
+    return Face(face.box + np.tile(offset, 2), face.score, face.landmarks + offset)

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..align import ALIGNED_SIZE
 from .backbones import ResNetTrunk
 
 PIXEL_MEAN = 127.5
@@ -42,7 +41,7 @@ class Embedder(nn.Module):
         self.arch, self.embedding_dim = arch, embedding_dim
         self.trunk = ResNetTrunk(arch)
         self.head = EmbeddingHead(self.trunk.out_channels, embedding_dim,
-                                  spatial=ALIGNED_SIZE // 16, dropout=dropout)
+                                  spatial=self.trunk.out_size, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - PIXEL_MEAN) / PIXEL_STD

@@ -1,0 +1,305 @@
+"""The training loop: P×K batches → augment → embedder → objective, with the things long runs need:
+warm-up + cosine schedule, autocast, gradient clipping, periodic dev-pair evaluation with the shared
+metric code, best-checkpoint keeping, TensorBoard + tqdm, checkpoints every N steps and on SIGTERM,
+exact resume, and DDP under torchrun (gloo on CPU, nccl on GPU; only rank 0 writes).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..data import read_pairs
+from ..embed import TorchEmbedder
+from ..evaluation import AlignedPairs
+from ..losses import build_objective
+from ..metrics import calibrated_thresholds
+from ..models import Embedder, save_checkpoint
+from ..sampling import PKBatches
+from .augment import augment
+from .config import TrainConfig
+from .data import load_face_array
+
+STATE_FILE = "state.pt"  # everything needed to resume
+BEST_FILE = "best.pt"  # best dev accuracy so far, inference checkpoint with metadata
+FINAL_FILE = "final.pt"
+
+
+class TrainStep(nn.Module):
+    """Model + objective as one module, so DDP synchronises both (arcface has weights too)."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module, channels_last: bool):
+        super().__init__()
+        self.model, self.objective, self.channels_last = model, objective, channels_last
+
+    def forward(self, images, labels, autocast):
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            embeddings = self.model(images)
+        return self.objective(embeddings, labels)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.device = _device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.out = Path(cfg.out_dir)
+        torch.manual_seed(cfg.seed)
+
+        self.data = load_face_array(cfg.data.datasets, cfg.data.cache_dir, cfg.data.min_images,
+                                    progress=progress and self.is_main)
+        per_rank = max(1, len(self.data.labels) // (cfg.data.p * cfg.data.k * self.world))
+        self.batches = PKBatches(self.data.labels, cfg.data.p, cfg.data.k, per_rank, cfg.seed, self.rank)
+        self.labels = torch.from_numpy(self.data.labels)
+
+        self.model = Embedder(cfg.model.arch, cfg.model.embedding_dim, cfg.model.dropout).to(self.device)
+        if cfg.optim.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.objective = build_objective(cfg.objective, cfg.model.embedding_dim,
+                                         len(self.data.identities)).to(self.device)
+        self.step_module = TrainStep(self.model, self.objective, cfg.optim.channels_last)
+        if cfg.optim.compile:
+            self.step_module.model = torch.compile(self.model)
+        self.optimizer = _optimizer(cfg.optim, self.step_module.parameters())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(cfg.optim))
+        self.precision = _precision(cfg.optim.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == torch.float16)
+        self.ddp = (nn.parallel.DistributedDataParallel(
+            self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.world > 1 else self.step_module)
+
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best = {"accuracy": -1.0}
+        self._stop_requested = False
+        if resume and (self.out / STATE_FILE).is_file():
+            self._load_state()
+        self.eval_pairs = self._eval_pairs() if self.is_main else None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        writer = _summary_writer(self.out / "tb") if self.is_main else None
+        previous = signal.signal(signal.SIGTERM, self._request_stop) if _main_thread() else None
+        generator = torch.Generator()
+        autocast = (torch.autocast(self.device.type, dtype=self.precision)
+                    if self.precision != torch.float32 else nullcontext())
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (self.progress and self.is_main))
+        started, seen = time.time(), 0
+        self.model.train()
+        try:
+            while self.step < cfg.optim.steps and not self._stop_requested:
+                for indices in self.batches.epoch(self.epoch, skip=self.batch_in_epoch):
+                    images = torch.from_numpy(np.ascontiguousarray(self.data.crops[indices]))
+                    images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+                    labels = self.labels[indices].to(self.device)
+                    generator.manual_seed(cfg.seed * 1_000_003 + self.step * 31 + self.rank)
+                    images = augment(images, cfg.augment, generator)
+                    loss, stats = self.ddp(images, labels, autocast)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(self.optimizer)
+                    grad_norm = nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.optim.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.scheduler.step()
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    seen += len(indices)
+                    if self.is_main:
+                        self._log(writer, bar, loss.item(), grad_norm.item(), stats,
+                                  seen * self.world / (time.time() - started))
+                    if self.step % cfg.checkpoint_every == 0:
+                        self._save_state()
+                    if self.eval_pairs is not None and self.step % cfg.eval.every == 0:
+                        self._evaluate(writer)
+                    if self.step >= cfg.optim.steps or self._stop_requested:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+            self._save_state()
+            if self._stop_requested:
+                return {"stopped_at_step": self.step}
+            if self.eval_pairs is not None and self.step % cfg.eval.every != 0:
+                self._evaluate(writer)
+            summary = self._finish()
+        finally:
+            bar.close()
+            if writer:
+                writer.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return summary
+
+    def _request_stop(self, *_):
+        self._stop_requested = True
+
+    def _log(self, writer, bar, loss, grad_norm, stats, images_per_s):
+        bar.update(1)
+        if self.step % self.cfg.log_every and self.step != 1:
+            return
+        lr = self.scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
+        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "images_per_s": images_per_s, **stats}
+        for key, value in record.items():
+            if key != "step" and value == value:  # skip NaN
+                writer.add_scalar(f"train/{key}", value, self.step)
+        self._append_history(record)
+
+    def _append_history(self, record: dict) -> None:
+        with open(self.out / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------ evaluation
+    def _eval_pairs(self) -> AlignedPairs | None:
+        cfg = self.cfg.eval
+        if cfg.cache and Path(cfg.cache).is_file():
+            return AlignedPairs.load(cfg.cache)
+        if not cfg.pairs:
+            return None
+        from ..detect import TorchMTCNN
+
+        aligned = AlignedPairs.build(read_pairs(cfg.pairs, cfg.root), TorchMTCNN(device=str(self.device)),
+                                     progress=self.progress)
+        if cfg.cache:
+            Path(cfg.cache).parent.mkdir(parents=True, exist_ok=True)
+            aligned.save(cfg.cache)
+        return aligned
+
+    def evaluate(self):
+        """Dev-pair report of the current weights."""
+        self.model.eval()
+        try:
+            embedder = TorchEmbedder(self.model, {"embedding_dim": self.cfg.model.embedding_dim},
+                                     str(self.device), batch_size=256)
+            return self.eval_pairs.report(embedder)
+        finally:
+            self.model.train()
+
+    def _evaluate(self, writer) -> None:
+        report = self.evaluate()
+        for key in ("accuracy_mean", "auc", "eer"):
+            writer.add_scalar(f"dev/{key}", getattr(report, key), self.step)
+        self._append_history({"step": self.step, "eval": report.to_dict()})
+        tqdm.write(f"step {self.step}: dev {report.summary()}")
+        if report.accuracy_mean > self.best["accuracy"]:
+            self.best = {"accuracy": report.accuracy_mean, "auc": report.auc, "step": self.step}
+            self._save_model(BEST_FILE, report)
+
+    # ----------------------------------------------------------- checkpoints
+    def _training_summary(self) -> dict:
+        cfg = self.cfg
+        return {"data": {"datasets": [Path(d).name for d in cfg.data.datasets], **self.data.summary()},
+                "objective": cfg.objective.__dict__, "optim": cfg.optim.__dict__,
+                "batch": {"p": cfg.data.p, "k": cfg.data.k, "world_size": self.world},
+                "steps": self.step, "device": str(self.device),
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+
+    def _save_model(self, name: str, report=None) -> None:
+        thresholds = calibrated_thresholds(report, Path(self.cfg.eval.pairs or self.cfg.eval.cache).name) \
+            if report is not None else None
+        training = self._training_summary()
+        if report is not None:
+            training["dev"] = {"accuracy": report.accuracy_mean, "auc": report.auc, "eer": report.eer}
+        save_checkpoint(self.out / name, self.model, thresholds, training)
+
+    def _finish(self) -> dict:
+        summary = {"steps": self.step, "best": self.best}
+        if self.is_main:
+            self._save_model(FINAL_FILE)
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _save_state(self) -> None:
+        if not self.is_main:
+            return
+        state = {"model": self.model.state_dict(), "objective": self.objective.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
+                 "batch_in_epoch": self.batch_in_epoch, "best": json.dumps(self.best)}
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / STATE_FILE)
+
+    def _load_state(self) -> None:
+        state = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.best = json.loads(state["best"])
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def _precision(name: str, device: torch.device) -> torch.dtype:
+    choices = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+               # bf16 autocast makes CPU training ~7x slower here (no native bf16 backward)
+               "auto": torch.bfloat16 if device.type == "cuda" else torch.float32}
+    if name not in choices:
+        raise ValueError(f"unknown precision {name!r}; choose one of {sorted(choices)}")
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast needs CUDA; use bf16 on CPU")
+    return choices[name]
+
+
+def _optimizer(cfg, params):
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
+
+
+def _warmup_cosine(cfg):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _summary_writer(path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(path))
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
