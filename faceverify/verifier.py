@@ -182,7 +182,7 @@ def load_embedder(model: str | Path, device: str | None = None):
 
 def _default_detector(embedder, device):
     if getattr(embedder, "torch_free", False):
-        from .runtime import OnnxMTCNN
+        from .detect import OnnxMTCNN
 
         return OnnxMTCNN(providers=embedder.providers)
     from .detect import TorchMTCNN

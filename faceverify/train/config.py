@@ -34,6 +34,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     steps: int = 1000
+    time_budget_min: float = 0.0  # > 0: also stop (and finish the cosine) after this many minutes
     warmup_steps: int = 100
     grad_clip: float = 5.0
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (CUDA)

@@ -76,7 +76,6 @@ class Trainer:
         if cfg.optim.compile:
             self.step_module.model = torch.compile(self.model)
         self.optimizer = _optimizer(cfg.optim, self.step_module.parameters())
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(cfg.optim))
         self.precision = _precision(cfg.optim.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == torch.float16)
         self.ddp = (nn.parallel.DistributedDataParallel(
@@ -84,6 +83,7 @@ class Trainer:
             if self.world > 1 else self.step_module)
 
         self.step = self.epoch = self.batch_in_epoch = 0
+        self.elapsed = 0.0  # training seconds, carried across resumes (time budgets)
         self.best = {"accuracy": -1.0}
         self._stop_requested = False
         if resume and (self.out / STATE_FILE).is_file():
@@ -107,16 +107,17 @@ class Trainer:
                     if self.precision != torch.float32 else nullcontext())
         bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.progress and self.is_main))
-        started, seen = time.time(), 0
+        started, seen, elapsed_before = time.time(), 0, self.elapsed
         self.model.train()
         try:
-            while self.step < cfg.optim.steps and not self._stop_requested:
+            while not self._done() and not self._stop_requested:
                 for indices in self.batches.epoch(self.epoch, skip=self.batch_in_epoch):
                     images = torch.from_numpy(np.ascontiguousarray(self.data.crops[indices]))
                     images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
                     labels = self.labels[indices].to(self.device)
                     generator.manual_seed(cfg.seed * 1_000_003 + self.step * 31 + self.rank)
                     images = augment(images, cfg.augment, generator)
+                    lr = self._set_learning_rate()
                     loss, stats = self.ddp(images, labels, autocast)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
@@ -124,18 +125,18 @@ class Trainer:
                     grad_norm = nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.optim.grad_clip)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
-                    self.scheduler.step()
                     self.step += 1
                     self.batch_in_epoch += 1
                     seen += len(indices)
+                    self.elapsed = elapsed_before + time.time() - started
                     if self.is_main:
-                        self._log(writer, bar, loss.item(), grad_norm.item(), stats,
+                        self._log(writer, bar, loss.item(), lr, grad_norm.item(), stats,
                                   seen * self.world / (time.time() - started))
                     if self.step % cfg.checkpoint_every == 0:
                         self._save_state()
                     if self.eval_pairs is not None and self.step % cfg.eval.every == 0:
                         self._evaluate(writer)
-                    if self.step >= cfg.optim.steps or self._stop_requested:
+                    if self._done() or self._stop_requested:
                         break
                 else:
                     self.epoch += 1
@@ -157,11 +158,39 @@ class Trainer:
     def _request_stop(self, *_):
         self._stop_requested = True
 
-    def _log(self, writer, bar, loss, grad_norm, stats, images_per_s):
+    def _progress(self) -> float:
+        """Fraction of the run done: by steps, or by time when a time budget is set."""
+        optim = self.cfg.optim
+        done = self.step / optim.steps
+        if optim.time_budget_min:
+            done = max(done, self.elapsed / (60.0 * optim.time_budget_min))
+        return min(1.0, done)
+
+    def _done(self) -> bool:
+        done = self._progress() >= 1.0
+        if self.world > 1:  # ranks must agree, or one would wait forever in all-reduce
+            flag = torch.tensor([float(done)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            done = bool(flag.item())
+        return done
+
+    def _set_learning_rate(self) -> float:
+        """Linear warm-up over `warmup_steps`, then cosine decay to zero at the end of the run."""
+        optim = self.cfg.optim
+        if self.step < optim.warmup_steps:
+            factor = (self.step + 1) / optim.warmup_steps
+        else:
+            warm = optim.warmup_steps / optim.steps if not optim.time_budget_min else 0.0
+            factor = 0.5 * (1 + math.cos(math.pi * min(1.0, (self._progress() - warm) / (1 - warm))))
+        lr = optim.lr * factor
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _log(self, writer, bar, loss, lr, grad_norm, stats, images_per_s):
         bar.update(1)
         if self.step % self.cfg.log_every and self.step != 1:
             return
-        lr = self.scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
         record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "images_per_s": images_per_s, **stats}
@@ -238,7 +267,7 @@ class Trainer:
         if not self.is_main:
             return
         state = {"model": self.model.state_dict(), "objective": self.objective.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "elapsed": self.elapsed,
                  "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                  "batch_in_epoch": self.batch_in_epoch, "best": json.dumps(self.best)}
         self.out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +280,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.elapsed = float(state["elapsed"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
@@ -282,15 +311,6 @@ def _optimizer(cfg, params):
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=True)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
-
-
-def _warmup_cosine(cfg):
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
 
 
 def _summary_writer(path: Path):

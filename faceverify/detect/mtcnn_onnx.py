@@ -1,0 +1,191 @@
+"""MTCNN on onnxruntime: the P/R/O-net stages exported from facenet-pytorch's weights, with the
+pyramid, box regression and NMS re-implemented in numpy so that detection needs no torch.
+
+It follows facenet-pytorch's `detect_face` step for step (same pyramid, area resampling, same
+NMS variants), so boxes and landmarks agree with the torch detector to within a pixel.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .base import Face, faces_from_arrays, min_face_size, shrink_for_detection
+
+MTCNN_DIR = Path(__file__).resolve().parents[2] / "weights" / "mtcnn"
+MIN_FACE_SCORE = 0.9
+_NORM_SHIFT, _NORM_SCALE = 127.5, 0.0078125
+
+
+class OnnxMTCNN:
+    """Torch-free MTCNN with the same interface and defaults as `TorchMTCNN`."""
+
+    def __init__(self, model_dir: str | Path = MTCNN_DIR, providers: list[str] | None = None,
+                 min_face_size: int = 20, min_face_fraction: float = 0.0,
+                 min_score: float = MIN_FACE_SCORE, thresholds=(0.6, 0.7, 0.7), factor: float = 0.709):
+        from ..runtime import create_session
+
+        model_dir = Path(model_dir)
+        self.pnet, self.rnet, self.onet = (create_session(model_dir / f"{n}.onnx", providers)
+                                           for n in ("pnet", "rnet", "onet"))
+        self.min_face_size, self.min_face_fraction = min_face_size, min_face_fraction
+        self.min_score, self.thresholds, self.factor = min_score, thresholds, factor
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        results = []
+        # the resampling matrices are small: multithreaded BLAS only spins (and starves onnxruntime)
+        with threadpool_limits(1, user_api="blas"):
+            for image in images:
+                small, scale = shrink_for_detection(image)
+                boxes, points = self._detect_one(small)
+                results.append(faces_from_arrays(boxes[:, :4], boxes[:, 4], points, scale,
+                                                 self.min_score))
+        return results
+
+    def _detect_one(self, img: np.ndarray):
+        """Boxes (x1, y1, x2, y2, score) and landmarks of one RGB uint8 image."""
+        h, w = img.shape[:2]
+        minsize = min_face_size((h, w), self.min_face_size, self.min_face_fraction)
+        m = 12.0 / minsize
+        scales, minl = [], min(h, w) * m
+        while minl >= 12:
+            scales.append(m * self.factor ** len(scales))
+            minl *= self.factor
+        empty = np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
+
+        # stage 1: P-net over the pyramid
+        candidates = []
+        for scale in scales:
+            resized = area_resize(img, int(h * scale + 1), int(w * scale + 1))
+            reg, prob = self.pnet.run(None, {"image": _to_input(resized[None])})
+            boxes = _generate_boxes(reg[0], prob[0, 1], scale, self.thresholds[0])
+            candidates.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
+        boxes = np.concatenate(candidates) if candidates else np.zeros((0, 9), np.float32)
+        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+        if not len(boxes):
+            return empty
+        size = (boxes[:, 2:4] - boxes[:, 0:2])
+        boxes = np.column_stack([boxes[:, 0:2] + boxes[:, 5:7] * size,
+                                 boxes[:, 2:4] + boxes[:, 7:9] * size, boxes[:, 4]])
+        boxes = _square(boxes)
+
+        # stage 2: R-net refines
+        crops, boxes = _crop_boxes(img, boxes, 24)
+        if not len(boxes):
+            return empty
+        reg, prob = self.rnet.run(None, {"image": crops})
+        keep = prob[:, 1] > self.thresholds[1]
+        boxes = np.column_stack([boxes[keep, :4], prob[keep, 1]])
+        reg = reg[keep]
+        pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
+        boxes = _square(_regress(boxes[pick], reg[pick]))
+
+        # stage 3: O-net scores, regresses and places the landmarks
+        crops, boxes = _crop_boxes(img, boxes, 48)
+        if not len(boxes):
+            return empty
+        reg, marks, prob = self.onet.run(None, {"image": crops})
+        keep = prob[:, 1] > self.thresholds[2]
+        boxes = np.column_stack([boxes[keep, :4], prob[keep, 1]])
+        reg, marks = reg[keep], marks[keep]
+        bw = boxes[:, 2] - boxes[:, 0] + 1
+        bh = boxes[:, 3] - boxes[:, 1] + 1
+        points = np.stack([bw[:, None] * marks[:, :5] + boxes[:, 0:1] - 1,
+                           bh[:, None] * marks[:, 5:10] + boxes[:, 1:2] - 1], axis=2)
+        boxes = _regress(boxes, reg)
+        pick = nms(boxes[:, :4], boxes[:, 4], 0.7, mode="min")
+        return boxes[pick].astype(np.float32), points[pick].astype(np.float32)
+
+
+def area_resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Area (adaptive average) resampling of an HxWxC image exactly as torch's
+    `interpolate(mode="area")`, which facenet-pytorch uses: output pixel i averages input pixels
+    [floor(i·in/out), ceil((i+1)·in/out)). OpenCV's INTER_AREA weights fractional pixels instead,
+    which shifts P-net's candidates enough to move some boxes by pixels."""
+    h, w, c = img.shape
+    rows = _area_matrix(h, out_h) @ img.reshape(h, w * c).astype(np.float32)  # (out_h, w·c)
+    cols = _area_matrix(w, out_w) @ rows.reshape(out_h, w, c).transpose(1, 0, 2).reshape(w, out_h * c)
+    return cols.reshape(out_w, out_h, c).transpose(1, 0, 2)
+
+
+@lru_cache(maxsize=4096)
+def _area_matrix(size_in: int, size_out: int) -> np.ndarray:
+    i = np.arange(size_out)
+    start = (i * size_in) // size_out
+    end = -((-(i + 1) * size_in) // size_out)
+    j = np.arange(size_in)
+    mask = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
+    return (mask / (end - start)[:, None]).astype(np.float32)
+
+
+def _to_input(batch_hwc: np.ndarray) -> np.ndarray:
+    return ((batch_hwc - _NORM_SHIFT) * _NORM_SCALE).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def _generate_boxes(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float) -> np.ndarray:
+    """P-net cells above threshold → rows (x1, y1, x2, y2, score, 4 regression offsets)."""
+    ys, xs = np.nonzero(prob >= threshold)
+    cells = np.column_stack([xs, ys]).astype(np.float32)
+    q1 = np.floor((2 * cells + 1) / scale)
+    q2 = np.floor((2 * cells + 12) / scale)
+    return np.column_stack([q1, q2, prob[ys, xs], reg[:, ys, xs].T]).astype(np.float32)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression. "union": IoU as torchvision computes it (no +1);
+    "min": overlap over the smaller box, with MTCNN's +1 pixel areas."""
+    if not len(boxes):
+        return np.zeros(0, np.int64)
+    plus = 1.0 if mode == "min" else 0.0
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1 + plus) * (y2 - y1 + plus)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while len(order):
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + plus)
+        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + plus)
+        inter = iw * ih
+        overlap = inter / (np.minimum(area[i], area[rest]) if mode == "min"
+                           else area[i] + area[rest] - inter)
+        order = rest[overlap <= threshold]
+    return np.array(keep, np.int64)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Grow each box to a square around its centre (MTCNN's `rerec`)."""
+    boxes = boxes.copy()
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    boxes[:, 0] += w * 0.5 - side * 0.5
+    boxes[:, 1] += h * 0.5 - side * 0.5
+    boxes[:, 2:4] = boxes[:, 0:2] + side[:, None]
+    return boxes
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    boxes = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    boxes[:, :4] += reg[:, :4] * np.column_stack([w, h, w, h])
+    return boxes
+
+
+def _crop_boxes(img: np.ndarray, boxes: np.ndarray, size: int):
+    """Crops of the (clipped) boxes resized to size×size, as a network batch; boxes that clip to
+    nothing are dropped."""
+    h, w = img.shape[:2]
+    ints = np.trunc(boxes[:, :4]).astype(np.int64)
+    x = np.maximum(ints[:, 0], 1)
+    y = np.maximum(ints[:, 1], 1)
+    ex = np.minimum(ints[:, 2], w)
+    ey = np.minimum(ints[:, 3], h)
+    valid = (ey > y - 1) & (ex > x - 1)
+    crops = [area_resize(img[y[k] - 1:ey[k], x[k] - 1:ex[k]], size, size) for k in np.flatnonzero(valid)]
+    if not crops:
+        return np.zeros((0, 3, size, size), np.float32), boxes[:0]
+    return _to_input(np.stack(crops)), boxes[valid]

@@ -1,0 +1,75 @@
+"""Torch-free inference: onnxruntime sessions with an explicit, reported execution provider.
+
+Imports only numpy and onnxruntime (plus OpenCV/Pillow through the detector), so a service can
+ship `faceverify[runtime]` without torch. CUDA is used when onnxruntime-gpu and a GPU are present,
+otherwise CPU; which one runs is logged and exposed as `.providers`, and a requested provider that
+could not be used is a loud warning, never a silent switch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "faceverify"
+
+
+def default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def create_session(path: str | Path, providers: list[str] | None = None, threads: int = 0):
+    """An `InferenceSession` on the best available provider (or the ones asked for)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such ONNX file")
+    wanted = list(providers) if providers else default_providers()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        raise ModelError(f"{path}: cannot load ONNX model ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
+    active = session.get_providers()
+    if wanted[0] not in active:
+        log.warning("%s: %s requested but unavailable; running on %s", path.name, wanted[0], active[0])
+    log.info("%s runs on %s", path.name, active[0])
+    return session
+
+
+class OnnxEmbedder:
+    """The exported embedder: (N, 112, 112, 3) uint8 RGB crops → (N, dim) float32, like `TorchEmbedder`."""
+
+    torch_free = True
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, batch_size: int = 64):
+        self.path = Path(path)
+        self.session = create_session(self.path, providers)
+        self.providers = self.session.get_providers()
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise ModelError(f"{path}: ONNX file has no faceverify metadata (not exported by faceverify)")
+        self.metadata = json.loads(props[METADATA_KEY])
+        self.input = self.session.get_inputs()[0]
+        self.batch_size = batch_size
+        self._dtype = np.uint8 if self.input.type == "tensor(uint8)" else np.float32
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        out = [self.session.run(None, {self.input.name: crops[i:i + self.batch_size].astype(self._dtype, copy=False)})[0]
+               for i in range(0, len(crops), self.batch_size)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.metadata["embedding_dim"]), np.float32)
