@@ -1,5 +1,6 @@
 """`faceverify` command line: argument parsing and exit codes only; the work is in the library.
 
+Other packages add verbs through the `faceverify.commands` entry point (the web UI adds `serve`).
 Exit codes: 0 success, 2 input error (one line on stderr, no traceback), 1 internal error.
 `--json` writes machine-readable output on stdout; human messages go to stderr.
 """
@@ -9,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from .errors import FaceVerifyError
@@ -82,6 +84,100 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args) -> int:
+    from .data import read_pairs
+    from .evaluation import AlignedPairs
+    from .metrics import calibrated_thresholds
+    from .models import set_thresholds
+
+    if str(args.model).endswith(".onnx"):
+        raise FaceVerifyError("calibrate a checkpoint (.pt), then export it: ONNX files are read-only")
+    verifier = _verifier(args)
+    aligned = AlignedPairs.build(read_pairs(args.pairs, args.root), verifier.detector, args.face_policy,
+                                 progress=not args.quiet)
+    report = aligned.report(verifier.embed_aligned)
+    thresholds = calibrated_thresholds(report, Path(args.pairs).name)
+    set_thresholds(args.model, thresholds)
+    print(json.dumps(thresholds, indent=2))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from .export import export_embedder, export_mtcnn
+
+    metadata = export_embedder(args.checkpoint, args.out, args.input_dtype)
+    print(f"{args.out}: {metadata['arch']}, dim {metadata['embedding_dim']}, opset "
+          f"{metadata['onnx']['opset']}, weights {metadata['weights_sha256'][:12]}", file=sys.stderr)
+    if args.mtcnn:
+        for path in export_mtcnn(args.mtcnn):
+            print(path, file=sys.stderr)
+    return EXIT_OK
+
+
+def _gallery(args, create: bool = False):
+    from .gallery import Gallery
+
+    return Gallery(args.gallery, _verifier(args, args.face_policy), index=args.index,
+                   busy_timeout_s=args.busy_timeout, create=create)
+
+
+def cmd_enroll(args) -> int:
+    with _gallery(args, create=True) as gallery:
+        if args.name:
+            reports = [gallery.enroll(args.name, args.images)]
+        elif args.dataset:
+            reports = gallery.enroll_dataset(args.dataset, progress=not args.quiet)
+        else:
+            raise FaceVerifyError("give --name NAME IMAGES..., or --dataset DIR_OR_MANIFEST")
+    added = sum(len(r.added) for r in reports)
+    rejected = [(r.name, s, why) for r in reports for s, why in r.rejected]
+    for name, source, why in rejected:
+        print(f"rejected {source} ({name}): {why}", file=sys.stderr)
+    print(f"enrolled {added} images of {sum(bool(r.added) for r in reports)} identities, "
+          f"rejected {len(rejected)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    return EXIT_OK if added else EXIT_INPUT
+
+
+def cmd_identify(args) -> int:
+    with _gallery(args) as gallery:
+        results = gallery.identify(args.images, args.top_k)
+    rows = []
+    for path, result in zip(args.images, results):
+        if isinstance(result, FaceVerifyError):
+            rows.append({"image": str(path), "error": str(result)})
+            print(f"{path}: error: {result}", file=sys.stderr)
+        else:
+            rows.append({"image": str(path), **result.to_dict()})
+            if not args.json:
+                print(f"{path}: {result.name or 'unknown'} (score {result.score:.4f}, "
+                      f"threshold {result.threshold:.4f})")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return EXIT_OK if any("error" not in r for r in rows) else EXIT_INPUT
+
+
+def cmd_gallery(args) -> int:
+    with _gallery(args) as gallery:
+        if args.action == "list":
+            for name, images, created in gallery.identities():
+                print(f"{name}\t{images} images\tenrolled {created}")
+        elif args.action == "show":
+            print(json.dumps(gallery.show(args.name), indent=2))
+        elif args.action == "rename":
+            gallery.rename(args.name, args.new_name)
+        elif args.action == "remove":
+            gallery.remove(args.name)
+        elif args.action == "remove-image":
+            gallery.remove_image(args.image_id)
+        elif args.action == "export":
+            print(f"exported {gallery.export(args.file)} images -> {args.file}", file=sys.stderr)
+        elif args.action == "import":
+            print(f"imported {gallery.import_(args.file, args.reembed)} images", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_prepare(args) -> int:
     from .detect import TorchMTCNN
     from .prepare import prepare_dataset
@@ -136,6 +232,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device")
     p.set_defaults(func=cmd_prepare)
+    p = sub.add_parser("calibrate", help="store dev-pair thresholds in a checkpoint's metadata")
+    p.add_argument("--pairs", required=True, type=Path)
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--face-policy", choices=policies, default="central")
+    p.add_argument("--quiet", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (and the MTCNN stages)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
+    p.add_argument("--mtcnn", type=Path, metavar="DIR", help="also export P/R/O-net into DIR")
+    p.set_defaults(func=cmd_export)
+
+    def gallery_args(p):
+        p.add_argument("--gallery", required=True, type=Path, help="SQLite gallery file")
+        p.add_argument("--index", default="auto", help="auto | numpy | faiss-flat | faiss-ivf | faiss-hnsw")
+        p.add_argument("--busy-timeout", type=float, default=10.0,
+                       help="seconds to wait for another writer before giving up")
+        p.add_argument("--face-policy", choices=policies, default="single")
+        _model_args(p)
+
+    p = sub.add_parser("enroll", help="add people to a gallery (--name NAME IMAGES... or --dataset)")
+    p.add_argument("images", nargs="*", type=Path)
+    p.add_argument("--name")
+    p.add_argument("--dataset", type=Path, help="identity folders or manifest.csv")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    gallery_args(p)
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("identify", help="who is this? (open-set: 'unknown' below the threshold)")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    gallery_args(p)
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("gallery", help="list, show, rename, remove, export or import")
+    p.add_argument("action", choices=("list", "show", "rename", "remove", "remove-image", "export", "import"))
+    p.add_argument("--name")
+    p.add_argument("--new-name")
+    p.add_argument("--image-id", type=int)
+    p.add_argument("--file", type=Path, help="export / import .npz")
+    p.add_argument("--reembed", action="store_true", help="import from another model's export")
+    gallery_args(p)
+    p.set_defaults(func=cmd_gallery)
+
+    for plugin in entry_points(group="faceverify.commands"):  # e.g. `serve`, from app/
+        plugin.load()(sub, _model_args)
     return parser
 
 

@@ -85,6 +85,8 @@ def best_threshold(scores, same, valid=None) -> float:
     """Threshold with the highest accuracy (midpoint between neighbouring finite scores)."""
     scores, same = _as_arrays(scores, same, valid)
     finite = np.unique(scores[np.isfinite(scores)])
+    if not len(finite):  # only failed pairs: every threshold gives the same (wrong) decisions
+        return 0.0
     candidates = np.r_[finite[0] - 1e-6, (finite[:-1] + finite[1:]) / 2, finite[-1] + 1e-6]
     order = np.argsort(scores, kind="mergesort")
     s, y = scores[order], same[order]

@@ -1,7 +1,8 @@
 """Embedding networks and their self-describing checkpoints."""
 from .backbones import ARCHS, ResNetTrunk
-from .checkpoint import build_metadata, load_checkpoint, save_checkpoint, weights_sha256
+from .checkpoint import (build_metadata, load_checkpoint, save_checkpoint, set_thresholds,
+                         weights_sha256)
 from .embedder import INPUT_FORMAT, Embedder
 
 __all__ = ["ARCHS", "ResNetTrunk", "Embedder", "INPUT_FORMAT", "build_metadata",
-           "load_checkpoint", "save_checkpoint", "weights_sha256"]
+           "load_checkpoint", "save_checkpoint", "set_thresholds", "weights_sha256"]

@@ -78,3 +78,16 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder, di
     model = Embedder(metadata["arch"], metadata["embedding_dim"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval(), metadata
+
+
+def set_thresholds(path: str | Path, thresholds: dict) -> dict:
+    """Store calibrated decision thresholds in a checkpoint's metadata (rewritten atomically)."""
+    path = Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    metadata = json.loads(blob["metadata"])
+    metadata["thresholds"] = thresholds
+    blob["metadata"] = json.dumps(metadata)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return metadata

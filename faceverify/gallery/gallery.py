@@ -1,0 +1,236 @@
+"""Enrollment and 1:N identification over a `GalleryStore`, using a `Verifier` for faces."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..data import load_samples
+from ..errors import FaceVerifyError, GalleryError, ModelMismatchError
+from ..images import ImageInput, load_rgb
+from .index import build_index
+from .store import GalleryStore
+
+
+@dataclass
+class QualityGate:
+    """Minimum quality for an enrolled image: a bad template poisons every later search."""
+
+    min_det_score: float = 0.95
+    min_face_px: float = 40.0  # shorter side of the detected box, in image pixels
+    min_sharpness: float = 15.0  # variance of the Laplacian of the aligned grey crop
+
+    def problems(self, quality: dict) -> list[str]:
+        issues = []
+        if quality["det_score"] < self.min_det_score:
+            issues.append(f"uncertain face (detector score {quality['det_score']:.2f} < {self.min_det_score})")
+        if quality["face_size"] < self.min_face_px:
+            issues.append(f"face too small ({quality['face_size']:.0f}px < {self.min_face_px:.0f}px)")
+        if quality["sharpness"] < self.min_sharpness:
+            issues.append(f"too blurry (sharpness {quality['sharpness']:.1f} < {self.min_sharpness})")
+        return issues
+
+
+def face_quality(face, crop: np.ndarray) -> dict:
+    x1, y1, x2, y2 = face.box
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    return {"det_score": float(face.score), "face_size": float(min(x2 - x1, y2 - y1)),
+            "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var())}
+
+
+@dataclass
+class EnrollReport:
+    name: str
+    added: list = field(default_factory=list)  # sources
+    rejected: list = field(default_factory=list)  # (source, reason)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "added": self.added,
+                "rejected": [{"source": s, "reason": r} for s, r in self.rejected]}
+
+
+@dataclass
+class Identification:
+    """Open-set answer: `name` is None ("unknown") unless the best score passes the threshold."""
+
+    name: str | None
+    score: float
+    threshold: float
+    matches: list  # [(name, score)], best first
+    face: object = None  # FaceEmbedding of the query
+
+    def to_dict(self) -> dict:
+        return {"name": self.name or "unknown", "known": self.name is not None,
+                "score": round(self.score, 6), "threshold": self.threshold,
+                "matches": [{"name": n, "score": round(s, 6)} for n, s in self.matches]}
+
+
+class Gallery:
+    """A gallery file bound to the verifier whose model produced (or will produce) its embeddings.
+
+    `threshold`: the open-set acceptance threshold stored in a new gallery; by default the model's
+    FAR = 1e-2 threshold (stricter than the best-accuracy one: 1:N search multiplies false accepts).
+    """
+
+    def __init__(self, path: str | Path, verifier, threshold: float | None = None,
+                 index: str = "auto", quality: QualityGate | None = None,
+                 busy_timeout_s: float = 10.0, create: bool = True):
+        self.verifier = verifier
+        meta = verifier.metadata
+        if threshold is None:
+            points = meta.get("thresholds", {})
+            threshold = verifier.threshold("far_1e-2" if "far_1e-2" in points else "best_accuracy")
+        self.store = GalleryStore(path, meta["weights_sha256"], meta["embedding_dim"], threshold,
+                                  busy_timeout_s, create)
+        self.index_kind, self.quality = index, quality or QualityGate()
+        self._index, self._index_version = None, None
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def threshold(self) -> float:
+        return self.store.threshold
+
+    # ------------------------------------------------------------ enrollment
+    def enroll(self, name: str, images: Sequence[ImageInput], sources: Sequence[str] | None = None) -> EnrollReport:
+        """Add the usable images of one person, all or nothing (one transaction)."""
+        name = name.strip()
+        if not name:
+            raise GalleryError("an identity needs a non-empty name")
+        sources = list(sources) if sources is not None else [
+            str(img) if isinstance(img, (str, Path)) else f"image {i + 1}" for i, img in enumerate(images)]
+        report, pixels, keep_sources, hashes = EnrollReport(name), [], [], []
+        for image, source in zip(images, sources):
+            try:
+                rgb = load_rgb(image)
+            except FaceVerifyError as exc:
+                report.rejected.append((source, str(exc)))
+                continue
+            digest = hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
+            duplicate = self.store.find_image(digest)
+            if duplicate or digest in hashes:
+                owner = duplicate[1] if duplicate else name
+                report.rejected.append((source, f"duplicate of an image already enrolled for {owner!r}"))
+                continue
+            pixels.append(rgb)
+            keep_sources.append(source)
+            hashes.append(digest)
+        rows = []
+        for source, digest, result in zip(keep_sources, hashes, self.verifier.analyze(pixels, keep_sources)):
+            if isinstance(result, FaceVerifyError):
+                report.rejected.append((source, str(result)))
+                continue
+            quality = face_quality(result.face, result.crop)
+            problems = self.quality.problems(quality)
+            if problems:
+                report.rejected.append((source, "; ".join(problems)))
+                continue
+            rows.append({"source": source, "sha256": digest, "embedding": result.embedding, **quality})
+            report.added.append(source)
+        if rows:
+            self.store.add_images(name, rows)
+        return report
+
+    def enroll_dataset(self, source: str | Path, progress: bool = True) -> list[EnrollReport]:
+        """Enroll every identity of a folder tree (`root/<name>/*.jpg`) or a manifest.csv."""
+        by_identity: dict[str, list] = {}
+        for sample in load_samples(source):
+            by_identity.setdefault(sample.identity, []).append(sample.path)
+        return [self.enroll(name, paths) for name, paths in
+                tqdm(by_identity.items(), desc="enroll", unit="identity", disable=not progress)]
+
+    # -------------------------------------------------------- identification
+    def identify(self, images: Sequence[ImageInput], top_k: int = 5) -> list:
+        """Per image: an `Identification`, or the `FaceVerifyError` that prevented one."""
+        names, index = self._search_index()
+        results = self.verifier.analyze(images)
+        found = [i for i, r in enumerate(results) if not isinstance(r, FaceVerifyError)]
+        out = list(results)
+        if not found:
+            return out
+        if index is None:
+            raise GalleryError(f"{self.store.path}: the gallery is empty; enroll someone first")
+        queries = np.stack([results[i].embedding for i in found])
+        scores, indices = index.search(queries, top_k)
+        for row, i in enumerate(found):
+            matches = [(names[j], float(s)) for s, j in zip(scores[row], indices[row]) if j >= 0]
+            best_name, best = matches[0]
+            out[i] = Identification(best_name if best >= self.threshold else None, best,
+                                    self.threshold, matches, results[i])
+        return out
+
+    def _search_index(self):
+        version = self.store.db.execute("PRAGMA data_version").fetchone()[0], self.store.db.total_changes
+        if version != self._index_version:
+            names, templates = self.store.templates()
+            self._index = (names, build_index(templates, self.index_kind) if names else None)
+            self._index_version = version
+        return self._index
+
+    # ------------------------------------------------------------ management
+    def identities(self):
+        return self.store.identities()
+
+    def show(self, name: str) -> list[dict]:
+        images = self.store.images_of(name)
+        if not images:
+            raise GalleryError(f"no identity named {name!r}")
+        return images
+
+    def rename(self, old: str, new: str) -> None:
+        self.store.rename(old, new)
+
+    def remove(self, name: str) -> None:
+        self.store.remove_identity(name)
+
+    def remove_image(self, image_id: int) -> None:
+        self.store.remove_image(image_id)
+
+    def export(self, path: str | Path) -> int:
+        """Write every image's embedding and quality data to a portable .npz (no pickle)."""
+        rows, embeddings = self.store.all_images()
+        meta = {k: self.store.meta[k] for k in ("weights_sha256", "embedding_dim", "threshold")}
+        np.savez(path, meta=np.array(json.dumps(meta)), embeddings=embeddings,
+                 names=np.array([r[0] for r in rows], dtype=str),
+                 sources=np.array([r[1] for r in rows], dtype=str),
+                 sha256=np.array([r[2] for r in rows], dtype=str),
+                 quality=np.array([r[4:7] for r in rows], np.float64).reshape(-1, 3))
+        return len(rows)
+
+    def import_(self, path: str | Path, reembed: bool = False, progress: bool = True) -> int:
+        """Add the images of an export. From another model, `reembed=True` recomputes every
+        embedding from its source image (which must still exist); otherwise that is refused."""
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            names, sources, digests = z["names"].tolist(), z["sources"].tolist(), z["sha256"].tolist()
+            embeddings, quality = z["embeddings"], z["quality"]
+        foreign = meta["weights_sha256"] != self.store.meta["weights_sha256"]
+        if foreign and not reembed:
+            raise ModelMismatchError(f"{path} holds embeddings of model {meta['weights_sha256'][:12]}; "
+                                     "import it with re-embedding to use this model")
+        added = 0
+        for name in tqdm(sorted(set(names)), desc="import", unit="identity", disable=not progress):
+            picks = [i for i, n in enumerate(names) if n == name and not self.store.find_image(digests[i])]
+            if foreign:
+                added += len(self.enroll(name, [sources[i] for i in picks]).added)
+                continue
+            rows = [{"source": sources[i], "sha256": digests[i], "embedding": embeddings[i],
+                     "det_score": quality[i, 0], "face_size": quality[i, 1], "sharpness": quality[i, 2]}
+                    for i in picks]
+            if rows:
+                self.store.add_images(name, rows)
+                added += len(rows)
+        return added

@@ -1,0 +1,70 @@
+"""Shared fixtures: real photos from ../shared/data, the bundled model, small trained crops."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = (ROOT / ".." / "shared" / "data").resolve()
+LFW = DATA / "lfw" / "images"
+DEV_PAIRS = DATA / "lfw" / "pairs_dev.txt"
+BUNDLED = ROOT / "weights" / "faceverify-default.pt"
+BUNDLED_ONNX = ROOT / "weights" / "faceverify-default.onnx"
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def lfw(name: str, number: int = 1) -> Path:
+    return LFW / name / f"{name}_{number:04d}.jpg"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not DATA.is_dir():
+        skip = pytest.mark.skip(reason=f"face data not found at {DATA}")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def torch_detector():
+    from faceverify.detect import TorchMTCNN
+
+    return TorchMTCNN(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def verifier():
+    """The bundled default model on the torch path."""
+    from faceverify import Verifier
+
+    return Verifier(BUNDLED, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def face_rgb():
+    from faceverify.images import load_rgb
+
+    return load_rgb(lfw("Aaron_Peirsol", 1))
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised model, for pipeline checks that need no accuracy."""
+    import torch
+
+    from faceverify.models import Embedder, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "untrained.pt"
+    save_checkpoint(path, Embedder("resnet18-half-fast", 64),
+                    thresholds={"best_accuracy": {"value": 0.5, "pairs": "none (untrained)"}},
+                    training={"note": "untrained random initialisation"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(0)

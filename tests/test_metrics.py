@@ -1,0 +1,85 @@
+"""Metrics against brute-force computations on small hand-made cases."""
+import itertools
+
+import numpy as np
+import pytest
+
+from faceverify.metrics import (accuracy, best_threshold, equal_error_rate, kfold_accuracy, roc_auc,
+                                tar_at_far, verification_report)
+
+SCORES = np.array([0.9, 0.8, 0.75, 0.6, 0.55, 0.5, 0.4, 0.3, 0.2, 0.1])
+SAME = np.array([1, 1, 0, 1, 0, 1, 0, 0, 1, 0], bool)
+
+
+def brute_auc(scores, same):
+    """P(genuine score > impostor score) + half the ties, over all pairs."""
+    gen, imp = scores[same], scores[~same]
+    wins = sum((g > i) + 0.5 * (g == i) for g, i in itertools.product(gen, imp))
+    return wins / (len(gen) * len(imp))
+
+
+def brute_best_accuracy(scores, same):
+    candidates = np.r_[scores, scores + 1e-9, -np.inf, np.inf]
+    return max(np.mean((scores >= t) == same) for t in candidates)
+
+
+def test_auc_matches_pair_counting():
+    assert roc_auc(SCORES, SAME) == pytest.approx(brute_auc(SCORES, SAME))
+    tied = np.array([0.5, 0.5, 0.5, 0.7])
+    same = np.array([1, 0, 1, 0], bool)
+    assert roc_auc(tied, same) == pytest.approx(brute_auc(tied, same))
+
+
+def test_best_threshold_reaches_brute_force_accuracy():
+    t = best_threshold(SCORES, SAME)
+    assert accuracy(SCORES, SAME, t) == pytest.approx(brute_best_accuracy(SCORES, SAME))
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        scores, same = rng.normal(size=30), rng.random(30) < 0.5
+        same[:2] = [True, False]
+        assert accuracy(scores, same, best_threshold(scores, same)) == pytest.approx(
+            brute_best_accuracy(scores, same))
+
+
+def test_eer_on_separable_and_symmetric_cases():
+    assert equal_error_rate([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0]) == pytest.approx(0.0)
+    # one genuine below one impostor among 4 + 4: FAR = FRR = 1/4 at the crossing
+    assert equal_error_rate([0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.05],
+                            [1, 1, 1, 1, 0, 0, 0, 0]) == pytest.approx(0.25)
+
+
+def test_tar_at_far_and_resolvability():
+    # 5 impostors: FAR 0.2 allows one false accept (the 0.75), FAR 0.1 is not resolvable
+    tar, threshold = tar_at_far(SCORES, SAME, 0.2)
+    accepted = SCORES >= threshold
+    assert np.mean(accepted[~SAME]) <= 0.2
+    assert tar == pytest.approx(np.mean(accepted[SAME])) and tar == pytest.approx(0.6)
+    assert tar_at_far(SCORES, SAME, 0.1) is None
+
+
+def test_kfold_chooses_threshold_on_other_folds():
+    # fold 0 alone is split perfectly at 0.5; fold 1 only between 0.85 and 0.9: each fold is
+    # judged with the threshold of the other
+    scores = np.array([0.9, 0.8, 0.3, 0.2, 0.95, 0.9, 0.85, 0.8])
+    same = np.array([1, 1, 0, 0, 1, 1, 0, 0], bool)
+    folds = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    accs, thresholds = kfold_accuracy(scores, same, folds)
+    assert 0.85 < thresholds[0] < 0.9  # chosen on fold 1
+    assert accs[0] == pytest.approx(0.75)  # 0.8 genuine falls below fold 1's threshold
+    assert accs[0] == pytest.approx(np.mean((scores[:4] >= thresholds[0]) == same[:4]))
+    assert accs[1] == pytest.approx(np.mean((scores[4:] >= thresholds[1]) == same[4:]))
+
+
+def test_failed_pairs_count_as_errors():
+    scores = np.array([0.9, 0.8, 0.1, 0.2])
+    same = np.array([1, 1, 0, 0], bool)
+    valid = np.array([True, False, True, False])
+    report = verification_report(scores, same, [0, 1, 0, 1], valid)
+    assert report.failed_pairs == 2
+    assert accuracy(scores, same, 0.5, valid) == pytest.approx(0.5)
+    assert report.auc < 1.0
+
+
+def test_one_class_is_an_error():
+    with pytest.raises(ValueError, match="both genuine and impostor"):
+        roc_auc([0.1, 0.2], [1, 1])
