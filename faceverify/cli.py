@@ -95,10 +95,10 @@ def cmd_calibrate(args) -> int:
     verifier = _verifier(args)
     aligned = AlignedPairs.build(read_pairs(args.pairs, args.root), verifier.detector, args.face_policy,
                                  progress=not args.quiet)
-    report = aligned.report(verifier.embed_aligned)
-    thresholds = calibrated_thresholds(report, Path(args.pairs).name)
+    scores, valid = aligned.scores(verifier.embed_aligned)
+    thresholds = calibrated_thresholds(scores, aligned.same, aligned.folds, valid, Path(args.pairs).name)
     set_thresholds(args.model, thresholds)
-    print(json.dumps(thresholds, indent=2))
+    print(json.dumps({k: v for k, v in thresholds.items() if k != "roc"}, indent=2))
     return EXIT_OK
 
 

@@ -16,7 +16,7 @@ from .align import ALIGNED_SIZE
 from .data import Pair
 from .detect import Detector
 from .errors import FaceVerifyError
-from .metrics import VerificationReport, cosine_scores, verification_report
+from .metrics import cosine_scores
 
 
 @dataclass
@@ -78,7 +78,3 @@ class AlignedPairs:
             embeddings[usable] = found
         valid = self.ok[self.left] & self.ok[self.right]
         return cosine_scores(embeddings[self.left], embeddings[self.right]), valid
-
-    def report(self, embed: Callable[[np.ndarray], np.ndarray]) -> VerificationReport:
-        scores, valid = self.scores(embed)
-        return verification_report(scores, self.same, self.folds, valid)

@@ -179,11 +179,25 @@ def plot_roc(scores, same, path, valid=None, label: str = "model") -> None:
     plt.close(fig)
 
 
-def calibrated_thresholds(report: VerificationReport, source: str) -> dict:
-    """Model-metadata thresholds from a dev-pairs report: best accuracy and FAR = 1e-2."""
+def calibrated_thresholds(scores, same, folds, valid, source: str, roc_points: int = 64) -> dict:
+    """Model-metadata thresholds from dev-pair scores: best accuracy and FAR = 1e-2, plus a
+    subsampled ROC (threshold, FAR, TAR) so a UI can say what any threshold means."""
+    report = verification_report(scores, same, folds, valid)
     thresholds = {"best_accuracy": {"value": report.best_threshold, "pairs": source,
                                     "accuracy": report.accuracy_mean}}
     at_far = report.tar_at_far.get("0.01")
     if at_far:
         thresholds["far_1e-2"] = {"value": at_far["threshold"], "pairs": source, "tar": at_far["tar"]}
+    fpr, tpr, cut = roc_curve(scores, same, valid)
+    keep = np.isfinite(cut)
+    picks = np.unique(np.linspace(0, keep.sum() - 1, roc_points).round().astype(int))
+    thresholds["roc"] = [[round(float(t), 5), round(float(f), 5), round(float(r), 5)]
+                         for t, f, r in zip(cut[keep][picks], fpr[keep][picks], tpr[keep][picks])]
     return thresholds
+
+
+def far_at_threshold(roc: list, threshold: float) -> float:
+    """False-accept rate of a threshold, interpolated on a stored (threshold, FAR, TAR) ROC."""
+    points = np.asarray(roc, dtype=np.float64)
+    order = np.argsort(points[:, 0])
+    return float(np.interp(threshold, points[order, 0], points[order, 1]))

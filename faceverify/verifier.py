@@ -115,6 +115,15 @@ class Verifier:
                 results[i] = FaceEmbedding(face, crop, embedding, count)
         return results
 
+    def all_faces(self, image: ImageInput) -> list[FaceEmbedding]:
+        """Every face in one photo, largest first, each aligned and embedded (to let a user pick)."""
+        rgb = load_rgb(image)
+        faces = sorted(self.detector.detect([rgb])[0], key=lambda f: f.area, reverse=True)
+        if not faces:
+            return []
+        crops = np.stack([align_face(rgb, f.landmarks) for f in faces])
+        return [FaceEmbedding(f, c, e, len(faces)) for f, c, e in zip(faces, crops, self.embed_aligned(crops))]
+
     def embed_aligned(self, crops: np.ndarray) -> np.ndarray:
         """Embeddings of aligned (N, 112, 112, 3) uint8 crops, with flip averaging if enabled."""
         embeddings = self.embedder(crops)

@@ -138,7 +138,9 @@ class Gallery:
             if problems:
                 report.rejected.append((source, "; ".join(problems)))
                 continue
-            rows.append({"source": source, "sha256": digest, "embedding": result.embedding, **quality})
+            thumbnail = cv2.imencode(".jpg", cv2.cvtColor(result.crop, cv2.COLOR_RGB2BGR))[1].tobytes()
+            rows.append({"source": source, "sha256": digest, "embedding": result.embedding,
+                         "thumbnail": thumbnail, **quality})
             report.added.append(source)
         if rows:
             self.store.add_images(name, rows)
@@ -189,6 +191,13 @@ class Gallery:
         if not images:
             raise GalleryError(f"no identity named {name!r}")
         return images
+
+    def thumbnail(self, name: str) -> np.ndarray | None:
+        """Aligned RGB crop of the identity's first enrolled image, or None."""
+        data = self.store.thumbnail(name)
+        if data is None:
+            return None
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
     def rename(self, old: str, new: str) -> None:
         self.store.rename(old, new)

@@ -26,7 +26,8 @@ CREATE TABLE images (
     id INTEGER PRIMARY KEY,
     identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
     source TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE, embedding BLOB NOT NULL,
-    det_score REAL NOT NULL, face_size REAL NOT NULL, sharpness REAL NOT NULL, created TEXT NOT NULL);
+    det_score REAL NOT NULL, face_size REAL NOT NULL, sharpness REAL NOT NULL,
+    thumbnail BLOB, created TEXT NOT NULL);
 CREATE TABLE templates (
     identity_id INTEGER PRIMARY KEY REFERENCES identities(id) ON DELETE CASCADE,
     embedding BLOB NOT NULL, images INTEGER NOT NULL);
@@ -128,6 +129,13 @@ class GalleryStore:
         keys = ("id", "source", "sha256", "det_score", "face_size", "sharpness", "created")
         return [dict(zip(keys, row)) for row in rows]
 
+    def thumbnail(self, name: str) -> bytes | None:
+        """The encoded aligned crop of the identity's first image (for UIs)."""
+        row = self.db.execute("SELECT thumbnail FROM images JOIN identities ON identities.id = "
+                              "images.identity_id WHERE name = ? AND thumbnail IS NOT NULL "
+                              "ORDER BY images.id LIMIT 1", (name,)).fetchone()
+        return row[0] if row else None
+
     def templates(self) -> tuple[list[str], np.ndarray]:
         rows = self.db.execute("SELECT name, embedding FROM templates JOIN identities "
                                "ON identities.id = templates.identity_id ORDER BY identities.id").fetchall()
@@ -144,7 +152,8 @@ class GalleryStore:
 
     # ---------------------------------------------------------------- writes
     def add_images(self, name: str, images: list[dict]) -> int:
-        """Add images (dicts with source, sha256, embedding, det_score, face_size, sharpness) to
+        """Add images (dicts with source, sha256, embedding, det_score, face_size, sharpness and
+        optionally thumbnail) to
         `name`, creating it if needed, and refresh its template: all in one transaction."""
         with self.transaction() as db:
             identity = self.identity_id(name)
@@ -157,9 +166,10 @@ class GalleryStore:
                     raise ModelMismatchError(f"embedding of size {embedding.shape} does not match "
                                              f"the gallery's {self.embedding_dim}")
                 db.execute("INSERT INTO images (identity_id, source, sha256, embedding, det_score, "
-                           "face_size, sharpness, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           "face_size, sharpness, thumbnail, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (identity, image["source"], image["sha256"], embedding.tobytes(),
-                            image["det_score"], image["face_size"], image["sharpness"], _now()))
+                            image["det_score"], image["face_size"], image["sharpness"],
+                            image.get("thumbnail"), _now()))
             self._refresh_template(identity)
         return identity
 

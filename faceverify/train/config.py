@@ -16,6 +16,7 @@ class DataConfig:
     datasets: list = field(default_factory=list)  # folders written by `faceverify prepare`
     cache_dir: str | None = None  # decoded-crop cache (.npy); None = decode every run
     min_images: int = 2  # identities with fewer images cannot form positive pairs
+    on_device: bool = False  # keep all crops in accelerator memory (GPU: no host→device copies)
     p: int = 32  # identities per batch
     k: int = 4  # images per identity
 

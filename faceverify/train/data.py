@@ -51,7 +51,8 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
                 names += pack["identities"].tolist()
             keys += [f"{dataset}#{i}" for i in range(len(offsets) - 1)]
             continue
-        prefix = Path(dataset).resolve().name
+        folder = Path(dataset).resolve()
+        prefix = (folder.parent if folder.suffix == ".csv" else folder).name
         for sample in load_samples(dataset, split):
             sources.append(sample.path)
             keys.append(str(sample.path))
@@ -96,7 +97,7 @@ def _cached_crops(sources: list, keys: list[str], cache_dir, progress: bool) -> 
         return np.load(cache, mmap_mode="r")
     cache.parent.mkdir(parents=True, exist_ok=True)
     crops = _decode_all(sources, progress)
-    tmp = cache.with_suffix(".tmp.npy")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")  # concurrent runs may fill the same cache
     np.save(tmp, crops)
     os.replace(tmp, cache)
     return crops

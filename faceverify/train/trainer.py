@@ -24,7 +24,7 @@ from ..data import read_pairs
 from ..embed import TorchEmbedder
 from ..evaluation import AlignedPairs
 from ..losses import build_objective
-from ..metrics import calibrated_thresholds
+from ..metrics import calibrated_thresholds, verification_report
 from ..models import Embedder, save_checkpoint
 from ..sampling import PKBatches
 from .augment import augment
@@ -66,6 +66,8 @@ class Trainer:
         per_rank = max(1, len(self.data.labels) // (cfg.data.p * cfg.data.k * self.world))
         self.batches = PKBatches(self.data.labels, cfg.data.p, cfg.data.k, per_rank, cfg.seed, self.rank)
         self.labels = torch.from_numpy(self.data.labels)
+        self.crops = (torch.from_numpy(np.ascontiguousarray(self.data.crops)).to(self.device)
+                      if cfg.data.on_device else self.data.crops)
 
         self.model = Embedder(cfg.model.arch, cfg.model.embedding_dim, cfg.model.dropout).to(self.device)
         if cfg.optim.channels_last:
@@ -112,8 +114,7 @@ class Trainer:
         try:
             while not self._done() and not self._stop_requested:
                 for indices in self.batches.epoch(self.epoch, skip=self.batch_in_epoch):
-                    images = torch.from_numpy(np.ascontiguousarray(self.data.crops[indices]))
-                    images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+                    images = self._batch(indices)
                     labels = self.labels[indices].to(self.device)
                     generator.manual_seed(cfg.seed * 1_000_003 + self.step * 31 + self.rank)
                     images = augment(images, cfg.augment, generator)
@@ -154,6 +155,14 @@ class Trainer:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         return summary
+
+    def _batch(self, indices: np.ndarray) -> torch.Tensor:
+        """(B, 3, 112, 112) uint8 crops on the training device."""
+        if isinstance(self.crops, torch.Tensor):
+            batch = self.crops[torch.from_numpy(indices).to(self.device)]
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(self.crops[indices])).to(self.device)
+        return batch.permute(0, 3, 1, 2)
 
     def _request_stop(self, *_):
         self._stop_requested = True
@@ -221,23 +230,29 @@ class Trainer:
 
     def evaluate(self):
         """Dev-pair report of the current weights."""
+        return verification_report(*self._dev_scores())
+
+    def _dev_scores(self):
+        """(scores, same, folds, valid) of the dev pairs with the current weights."""
         self.model.eval()
         try:
             embedder = TorchEmbedder(self.model, {"embedding_dim": self.cfg.model.embedding_dim},
                                      str(self.device), batch_size=256)
-            return self.eval_pairs.report(embedder)
+            scores, valid = self.eval_pairs.scores(embedder)
+            return scores, self.eval_pairs.same, self.eval_pairs.folds, valid
         finally:
             self.model.train()
 
     def _evaluate(self, writer) -> None:
-        report = self.evaluate()
+        dev = self._dev_scores()
+        report = verification_report(*dev)
         for key in ("accuracy_mean", "auc", "eer"):
             writer.add_scalar(f"dev/{key}", getattr(report, key), self.step)
         self._append_history({"step": self.step, "eval": report.to_dict()})
         tqdm.write(f"step {self.step}: dev {report.summary()}")
         if report.accuracy_mean > self.best["accuracy"]:
             self.best = {"accuracy": report.accuracy_mean, "auc": report.auc, "step": self.step}
-            self._save_model(BEST_FILE, report)
+            self._save_model(BEST_FILE, report, dev)
 
     # ----------------------------------------------------------- checkpoints
     def _training_summary(self) -> dict:
@@ -248,9 +263,9 @@ class Trainer:
                 "steps": self.step, "device": str(self.device),
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
 
-    def _save_model(self, name: str, report=None) -> None:
-        thresholds = calibrated_thresholds(report, Path(self.cfg.eval.pairs or self.cfg.eval.cache).name) \
-            if report is not None else None
+    def _save_model(self, name: str, report=None, dev=None) -> None:
+        thresholds = calibrated_thresholds(*dev, Path(self.cfg.eval.pairs or self.cfg.eval.cache).name) \
+            if dev is not None else None
         training = self._training_summary()
         if report is not None:
             training["dev"] = {"accuracy": report.accuracy_mean, "auc": report.auc, "eer": report.eer}

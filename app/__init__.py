@@ -1,0 +1,1 @@
+"""faceverify web UI (Gradio): verify, identify, enroll, about."""

@@ -1,0 +1,226 @@
+"""The web UI: a thin Gradio layer over `Verifier` and `Gallery`.
+
+Binds to 127.0.0.1 and never shares publicly unless asked; uploads are size-limited and requests
+queue with a concurrency limit. Every user mistake surfaces as a readable message (gr.Error),
+never a stack trace. Several faces in a photo are shown and the user picks one.
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from faceverify import FaceVerifyError, Verifier
+from faceverify.gallery import Gallery
+from faceverify.metrics import far_at_threshold
+from faceverify.verifier import WEIGHTS_DIR, default_model_path
+
+MAX_UPLOAD = "10mb"
+CONCURRENCY = 2
+MODEL_CARD = WEIGHTS_DIR / "MODEL_CARD.md"
+
+
+class FaceApp:
+    """State shared by the tabs: one verifier, one gallery file (opened per request: thread-safe)."""
+
+    def __init__(self, verifier: Verifier, gallery_path: Path):
+        self.verifier, self.gallery_path = verifier, Path(gallery_path)
+        self._lock = threading.Lock()  # one inference at a time on the shared model
+        thresholds = verifier.metadata.get("thresholds", {})
+        self.roc = thresholds.get("roc")
+        self.default_threshold = verifier.threshold()
+
+    def gallery(self) -> Gallery:
+        return Gallery(self.gallery_path, self.verifier)
+
+    # ---------------------------------------------------------------- verify
+    def faces(self, image, pick):
+        """Faces of one uploaded image; several → the user's pick (1-based), or an error asking."""
+        if image is None:
+            raise gr.Error("Upload or paste a photo first.")
+        with self._lock:
+            try:
+                faces = self.verifier.all_faces(image)
+            except FaceVerifyError as exc:
+                raise gr.Error(str(exc)) from None
+        if not faces:
+            raise gr.Error("No face found in this photo: try a clearer, frontal photo.")
+        return faces
+
+    def verify(self, image_a, image_b, threshold, pick_a, pick_b):
+        results, notes = [], []
+        for label, image, pick in (("A", image_a, pick_a), ("B", image_b, pick_b)):
+            faces = self.faces(image, pick)
+            index = int(pick or 1)
+            if index > len(faces):
+                raise gr.Error(f"Photo {label} has {len(faces)} face(s); choose 1 to {len(faces)}.")
+            if len(faces) > 1:
+                notes.append(f"Photo {label} shows {len(faces)} faces (numbered largest first): "
+                             f"comparing face {index}; change the choice below it to compare another.")
+            results.append((faces[index - 1], annotate(image, faces, index - 1)))
+        score = float(np.dot(results[0][0].embedding, results[1][0].embedding))
+        same = score >= threshold
+        verdict = (f"## {'✅ Same person' if same else '❌ Different people'}\n"
+                   f"Similarity **{score:.3f}** {'≥' if same else '<'} threshold {threshold:.3f} "
+                   f"({self.threshold_meaning(threshold)}).")
+        if notes:
+            verdict += "\n\n" + "\n\n".join(notes)
+        return verdict, results[0][1], results[1][1], [results[0][0].crop, results[1][0].crop]
+
+    def threshold_meaning(self, threshold: float) -> str:
+        if not self.roc:
+            return "no calibration data in this model"
+        return f"on the dev pairs this threshold falsely accepts {100 * far_at_threshold(self.roc, threshold):.2f}% of impostors"
+
+    # -------------------------------------------------------------- identify
+    def identify(self, image, top_k):
+        face = self.faces(image, 1)[0]
+        try:
+            with self.gallery() as gallery, self._lock:
+                result = gallery.identify([face.crop], int(top_k))[0]
+                thumbs = [(gallery.thumbnail(name), f"{name}: {score:.3f}") for name, score in result.matches]
+        except FaceVerifyError as exc:
+            raise gr.Error(str(exc)) from None
+        if isinstance(result, FaceVerifyError):
+            raise gr.Error(str(result))
+        headline = (f"## {result.name}\nscore {result.score:.3f} ≥ gallery threshold {result.threshold:.3f}"
+                    if result.name else f"## Unknown\nbest match {result.matches[0][0]} scores "
+                    f"{result.score:.3f} < gallery threshold {result.threshold:.3f}")
+        return headline, [(t, c) for t, c in thumbs if t is not None]
+
+    # ---------------------------------------------------------------- enroll
+    def enroll(self, name, files):
+        if not name or not name.strip():
+            raise gr.Error("Give the person a name.")
+        if not files:
+            raise gr.Error("Add at least one photo.")
+        paths = [f if isinstance(f, str) else f.name for f in files]
+        try:
+            with self.gallery() as gallery, self._lock:
+                report = gallery.enroll(name, paths, [Path(p).name for p in paths])
+        except FaceVerifyError as exc:
+            raise gr.Error(str(exc)) from None
+        rows = [[Path(s).name, "added", ""] for s in report.added] + \
+               [[Path(s).name, "rejected", why] for s, why in report.rejected]
+        summary = f"{len(report.added)} photo(s) added to **{name.strip()}**, {len(report.rejected)} rejected."
+        return summary, rows, self.identity_rows()
+
+    def identity_rows(self):
+        if not self.gallery_path.is_file():
+            return []
+        with self.gallery() as gallery:
+            return [[n, k, c] for n, k, c in gallery.identities()]
+
+    def remove(self, name):
+        try:
+            with self.gallery() as gallery:
+                gallery.remove(name)
+        except FaceVerifyError as exc:
+            raise gr.Error(str(exc)) from None
+        return self.identity_rows()
+
+    # ----------------------------------------------------------------- about
+    def about(self) -> str:
+        meta = self.verifier.metadata
+        dev = meta.get("training", {}).get("dev", {})
+        lines = [f"**Model** {meta['arch']}, {meta['embedding_dim']}-d embeddings, weights "
+                 f"`{meta['weights_sha256'][:12]}`, running on {', '.join(self.verifier.providers)}."]
+        if dev:
+            lines.append(f"**Dev pairs (LFW folds 7-8)** accuracy {100 * dev['accuracy']:.2f}%, "
+                         f"AUC {dev['auc']:.4f}, EER {100 * dev['eer']:.2f}%.")
+        if MODEL_CARD.is_file():
+            lines.append("---\n" + MODEL_CARD.read_text())
+        return "\n\n".join(lines)
+
+
+def annotate(image: np.ndarray, faces, chosen: int) -> np.ndarray:
+    """The photo with numbered boxes; the compared face in green."""
+    canvas = np.ascontiguousarray(image[:, :, :3]).copy()
+    scale = max(1, round(max(canvas.shape[:2]) / 400))
+    for i, face in enumerate(faces):
+        x1, y1, x2, y2 = face.box.astype(int)
+        colour = (40, 200, 40) if i == chosen else (230, 160, 0)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 2 * scale)
+        cv2.putText(canvas, str(i + 1), (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour, 2 * scale)
+    return canvas
+
+
+def build(app: FaceApp) -> gr.Blocks:
+    with gr.Blocks(title="faceverify") as demo:
+        gr.Markdown("# faceverify\nFace verification and identification, on this machine.")
+        with gr.Tab("Verify"):
+            with gr.Row():
+                image_a = gr.Image(label="Photo A", type="numpy", sources=["upload", "clipboard", "webcam"])
+                image_b = gr.Image(label="Photo B", type="numpy", sources=["upload", "clipboard", "webcam"])
+            with gr.Row():
+                pick_a = gr.Number(label="Face in A (if several)", value=1, precision=0, minimum=1)
+                pick_b = gr.Number(label="Face in B (if several)", value=1, precision=0, minimum=1)
+            threshold = gr.Slider(-0.2, 1.0, value=app.default_threshold, step=0.005,
+                                  label="Decision threshold (default: calibrated for best accuracy)")
+            meaning = gr.Markdown(app.threshold_meaning(app.default_threshold))
+            verify_button = gr.Button("Verify", variant="primary", elem_id="verify-button")
+            verdict = gr.Markdown(elem_id="verdict")
+            with gr.Row():
+                shown_a = gr.Image(label="Faces found in A", interactive=False)
+                shown_b = gr.Image(label="Faces found in B", interactive=False)
+            crops = gr.Gallery(label="Aligned faces that were compared", columns=2, height=200)
+            threshold.change(app.threshold_meaning, threshold, meaning, api_name=False)
+            verify_button.click(app.verify, [image_a, image_b, threshold, pick_a, pick_b],
+                                [verdict, shown_a, shown_b, crops], api_name="verify")
+        with gr.Tab("Identify"):
+            query = gr.Image(label="Who is this?", type="numpy", sources=["upload", "clipboard", "webcam"])
+            top_k = gr.Slider(1, 10, value=5, step=1, label="Matches to show")
+            identify_button = gr.Button("Identify", variant="primary")
+            answer = gr.Markdown()
+            matches = gr.Gallery(label="Best matches", columns=5, height=220)
+            identify_button.click(app.identify, [query, top_k], [answer, matches], api_name="identify")
+        with gr.Tab("Enroll"):
+            name = gr.Textbox(label="Name")
+            files = gr.File(label="Photos of this person", file_count="multiple", file_types=["image"])
+            enroll_button = gr.Button("Enroll", variant="primary")
+            enroll_summary = gr.Markdown()
+            feedback = gr.Dataframe(headers=["photo", "result", "reason"], label="Per-photo quality check")
+            people = gr.Dataframe(headers=["name", "photos", "enrolled"], label="Gallery",
+                                  value=app.identity_rows)
+            with gr.Row():
+                to_remove = gr.Textbox(label="Remove identity (name)")
+                remove_button = gr.Button("Remove")
+            enroll_button.click(app.enroll, [name, files], [enroll_summary, feedback, people], api_name="enroll")
+            remove_button.click(app.remove, to_remove, people, api_name="remove")
+        with gr.Tab("About"):
+            gr.Markdown(app.about())
+    return demo
+
+
+def launch(model=None, gallery: Path = Path("gallery.db"), host: str = "127.0.0.1", port: int = 7860,
+           share: bool = False, flip: bool = False) -> None:
+    verifier = Verifier(model or default_model_path(), flip=flip)
+    demo = build(FaceApp(verifier, gallery))
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=32)
+    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD,
+                show_error=True)
+
+
+def add_serve_command(sub, model_args) -> None:
+    """Registers `faceverify serve` (entry point `faceverify.commands`)."""
+    parser = sub.add_parser("serve", help="the web UI (Gradio), on 127.0.0.1 unless told otherwise")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--gallery", type=Path, default=Path("gallery.db"))
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio link")
+    model_args(parser)
+    parser.set_defaults(func=lambda args: launch(args.model, args.gallery, args.host, args.port,
+                                                 args.share, args.flip) or 0)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="faceverify web UI")
+    parser.add_argument("--model")
+    parser.add_argument("--gallery", type=Path, default=Path("gallery.db"))
+    parser.add_argument("--port", type=int, default=7860)
+    args = parser.parse_args()
+    launch(args.model, args.gallery, port=args.port)

@@ -1,0 +1,100 @@
+"""The command line: exit codes (0 ok, 2 input error with one line on stderr), JSON output."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import LFW, ROOT, lfw
+
+SAME = (lfw("Aaron_Peirsol", 1), lfw("Aaron_Peirsol", 2))
+OTHER = lfw("Alicia_Silverstone", 1)
+
+
+def faceverify(*args, check_rc=None):
+    done = subprocess.run([sys.executable, "-m", "faceverify.cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if check_rc is not None:
+        assert done.returncode == check_rc, done.stderr[-2000:]
+    return done
+
+
+def test_verify_same_and_different_with_the_bundled_model():
+    same = faceverify("verify", *SAME, "--json", check_rc=0)
+    result = json.loads(same.stdout)
+    assert result["same"] is True and result["score"] >= result["threshold"]
+    assert len(result["faces"]) == 2 and len(result["faces"][0]["landmarks"]) == 5
+    different = faceverify("verify", SAME[0], OTHER, check_rc=0)
+    assert different.stdout.startswith("different people")
+
+
+@pytest.mark.parametrize("make_bad,message", [
+    (lambda d: d / "missing.jpg", "no such file"),
+    (lambda d: (d / "notes.jpg").write_text("hello") and d / "notes.jpg", "not a readable image"),
+    (lambda d: (d / "half.jpg").write_bytes(SAME[0].read_bytes()[:3000]) and d / "half.jpg",
+     "corrupt or truncated"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, make_bad, message):
+    done = faceverify("verify", SAME[0], make_bad(tmp_path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("faceverify: error:") and message in lines[0]
+
+
+def test_no_face_and_several_faces(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(tmp_path / "wall.png")
+    done = faceverify("verify", SAME[0], tmp_path / "wall.png")
+    assert done.returncode == 2 and "no face found" in done.stderr
+    both = np.concatenate([np.asarray(Image.open(SAME[0])), np.asarray(Image.open(OTHER))], axis=1)
+    Image.fromarray(both).save(tmp_path / "two.jpg")
+    done = faceverify("verify", SAME[0], tmp_path / "two.jpg")
+    assert done.returncode == 2 and "2 faces found" in done.stderr
+    faceverify("verify", SAME[0], tmp_path / "two.jpg", "--face-policy", "largest", check_rc=0)
+
+
+def test_embed_writes_npz_with_status(tmp_path):
+    (tmp_path / "bad.jpg").write_text("x")
+    out = tmp_path / "e.npz"
+    faceverify("embed", *SAME, tmp_path / "bad.jpg", "--out", out, check_rc=0)
+    with np.load(out) as z:
+        assert z["embeddings"].shape[0] == 3 and list(z["ok"]) == [True, True, False]
+        assert np.allclose(np.linalg.norm(z["embeddings"][:2], axis=1), 1, atol=1e-4)
+        assert "not a readable image" in z["status"][2]
+
+
+def test_evaluate_csv_pairs(tmp_path):
+    rows = ["left,right,same,fold",
+            "Aaron_Peirsol/Aaron_Peirsol_0001.jpg,Aaron_Peirsol/Aaron_Peirsol_0002.jpg,1,0",
+            "Aaron_Peirsol/Aaron_Peirsol_0003.jpg,Aaron_Peirsol/Aaron_Peirsol_0004.jpg,1,1",
+            "Aaron_Peirsol/Aaron_Peirsol_0001.jpg,Alicia_Silverstone/Alicia_Silverstone_0001.jpg,0,0",
+            "Abdullah_Gul/Abdullah_Gul_0001.jpg,Alicia_Silverstone/Alicia_Silverstone_0002.jpg,0,1"]
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    faceverify("evaluate", "--pairs", tmp_path / "pairs.csv", "--root", LFW, "--json",
+               tmp_path / "m.json", "--roc", tmp_path / "roc.png", "--quiet", check_rc=0)
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["pairs"] == 4 and report["folds"] == 2 and report["failed_pairs"] == 0
+    assert report["auc"] == 1.0
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prepare_lists_failures(tmp_path):
+    src = tmp_path / "src"
+    (src / "Aaron_Peirsol").mkdir(parents=True)
+    for i in (1, 2):
+        (src / "Aaron_Peirsol" / f"a{i}.jpg").write_bytes(lfw("Aaron_Peirsol", i).read_bytes())
+    (src / "Aaron_Peirsol" / "broken.jpg").write_text("not an image")
+    faceverify("prepare", src, tmp_path / "out", check_rc=0)
+    manifest = (tmp_path / "out" / "manifest.csv").read_text().splitlines()
+    failures = (tmp_path / "out" / "failures.csv").read_text().splitlines()
+    assert len(manifest) == 3 and len(failures) == 2 and "not a readable image" in failures[1]
+    done = faceverify("prepare", src, tmp_path / "out", check_rc=0)  # resumable: nothing to redo
+    assert "already done 3" in done.stderr
+
+
+def test_unknown_model_file(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"garbage")
+    done = faceverify("verify", *SAME, "--model", tmp_path / "m.pt")
+    assert done.returncode == 2 and "not a faceverify checkpoint" in done.stderr

@@ -1,0 +1,149 @@
+"""Training on real aligned faces (CPU, small model, few steps): every objective learns, triplet
+training beats the untrained model on dev pairs, a killed run resumes, DDP runs under torchrun."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from faceverify.data import read_pairs
+from faceverify.evaluation import AlignedPairs
+from faceverify.prepare import prepare_dataset
+from faceverify.train import Trainer, load_config
+
+from .conftest import DATA, DEV_PAIRS, LFW, ROOT
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, torch_detector):
+    """CelebA identities (12 images each) aligned by `prepare`, the way training data is made."""
+    source = tmp_path_factory.mktemp("celeba")
+    with open(DATA / "celeba" / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_identity = {}
+    for row in rows:
+        by_identity.setdefault(row["identity"], []).append(row)
+    picked = [r for rows_ in list(by_identity.values())[:40] for r in rows_[:12]]
+    with open(source / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "identity", "split"])
+        writer.writeheader()
+        for r in picked:
+            writer.writerow({"path": str(DATA / "celeba" / r["path"]), "identity": r["identity"], "split": "train"})
+    dest = tmp_path_factory.mktemp("aligned") / "celeba"
+    report = prepare_dataset(source / "manifest.csv", dest, torch_detector, progress=False)
+    assert report.aligned >= 0.95 * len(picked)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def dev_subset(tmp_path_factory, torch_detector):
+    """120 dev pairs (60 same, 60 different, both folds), detected and aligned once."""
+    pairs = read_pairs(DEV_PAIRS, LFW)
+    subset = [p for fold in (0, 1) for same in (True, False)
+              for p in [q for q in pairs if q.fold == fold and q.same == same][:30]]
+    path = tmp_path_factory.mktemp("dev") / "dev.npz"
+    AlignedPairs.build(subset, torch_detector, progress=False).save(path)
+    return path
+
+
+def config(tmp_path, prepared, *overrides):
+    return load_config(ROOT / "training" / "configs" / "cpu.yaml", [
+        f"out_dir={tmp_path}", f"data.datasets=[{prepared}]", "model.arch=resnet18-half-fast",
+        "model.embedding_dim=64", "data.p=8", "data.k=4", "optim.time_budget_min=0",
+        "optim.warmup_steps=3", "log_every=1", "eval.pairs=null", "eval.every=1000", *overrides])
+
+
+def losses(out_dir):
+    with open(out_dir / "history.jsonl") as fh:
+        return [r["loss"] for r in map(json.loads, fh) if "loss" in r]
+
+
+@pytest.mark.parametrize("objective", [
+    ["objective.name=triplet", "objective.mining=batch-hard"],
+    ["objective.name=triplet", "objective.mining=semihard"],
+    ["objective.name=triplet", "objective.mining=hard"],
+    ["objective.name=contrastive", "objective.margin=0.8"],
+    ["objective.name=ntxent", "objective.temperature=0.1"],
+    ["objective.name=supcon", "objective.temperature=0.1"],
+    ["objective.name=supcon", "objective.xbm_memory=256"],
+    ["objective.name=arcface", "optim.optimizer=sgd", "optim.lr=0.05"],
+], ids=lambda o: "-".join(x.split("=")[1] for x in o[:2]))
+def test_objective_lowers_its_loss(tmp_path, prepared, objective):
+    Trainer(config(tmp_path, prepared, "optim.steps=40", *objective), progress=False).fit()
+    history = losses(tmp_path)
+    assert len(history) == 40
+    first, last = sum(history[:8]) / 8, sum(history[-8:]) / 8
+    assert last < first, (first, last)
+
+
+def test_triplet_training_beats_untrained_model(tmp_path, prepared, dev_subset):
+    trainer = Trainer(config(tmp_path, prepared, "optim.steps=150", "optim.lr=0.002",
+                             f"eval.cache={dev_subset}", "eval.every=150"), progress=False)
+    before = trainer.evaluate()
+    trainer.fit()
+    after = trainer.evaluate()
+    assert after.auc > before.auc + 0.03, (before.summary(), after.summary())
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "tb").is_dir()
+
+
+def run_training(out_dir, prepared, *extra, launcher=(sys.executable,)):
+    return [*launcher, str(ROOT / "training" / "train.py"), "--config",
+            str(ROOT / "training" / "configs" / "cpu.yaml"), "--no-progress", f"out_dir={out_dir}",
+            f"data.datasets=[{prepared}]", "model.arch=resnet18-half-fast", "model.embedding_dim=64",
+            "data.p=8", "data.k=4", "optim.time_budget_min=0", "eval.pairs=null", "log_every=1", *extra]
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path, prepared):
+    args = run_training(tmp_path, prepared, "optim.steps=60", "checkpoint_every=10")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "state.pt"
+    deadline = time.time() + 240
+    while not state.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import torch
+
+    saved = torch.load(state, weights_only=True)["step"]
+    assert 10 <= saved < 60 and saved % 10 == 0
+    done = subprocess.run([*args[:3], "--resume", *args[3:]], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 60
+    with open(tmp_path / "history.jsonl") as fh:
+        steps = [r["step"] for r in map(json.loads, fh) if "loss" in r]
+    resumed = steps[steps.index(saved + 1, 1):] if steps.count(saved + 1) > 1 else steps[steps.index(saved) + 1:]
+    assert resumed[0] == saved + 1 and resumed[-1] == 60
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path, prepared):
+    args = run_training(tmp_path, prepared, "optim.steps=100000", "checkpoint_every=100000")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    history = tmp_path / "history.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (history.is_file() and history.stat().st_size > 600):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    import torch
+
+    stopped = json.loads(out.strip().splitlines()[-1])["stopped_at_step"]
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == stopped > 0
+
+
+def test_ddp_two_processes_with_gloo(tmp_path, prepared):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29517")
+    done = subprocess.run(run_training(tmp_path, prepared, "optim.steps=8", "checkpoint_every=4",
+                                       launcher=launcher), cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 8
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["data"]["p"] == 8
