@@ -7,12 +7,15 @@ never a stack trace. Several faces in a photo are shown and the user picks one.
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 from pathlib import Path
 
-import cv2
-import gradio as gr
-import numpy as np
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves this machine
+
+import cv2  # noqa: E402
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 
 from faceverify import FaceVerifyError, Verifier
 from faceverify.gallery import Gallery

@@ -12,7 +12,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_prefix")
     parser.add_argument("datasets", nargs="+", help="folders written by `faceverify prepare`")
-    parser.add_argument("--max-mb", type=int, default=60)
+    parser.add_argument("--max-mb", type=int, default=56, help="image bytes per pack")
     parser.add_argument("--quality", type=int, default=80)
     parser.add_argument("--min-images", type=int, default=2)
     args = parser.parse_args()

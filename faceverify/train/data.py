@@ -48,7 +48,7 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
             with np.load(dataset, allow_pickle=False) as pack:
                 blob, offsets = pack["blob"], pack["offsets"]
                 sources += [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-                names += pack["identities"].tolist()
+                names += pack["identities"][pack["identity_index"]].tolist()
             keys += [f"{dataset}#{i}" for i in range(len(offsets) - 1)]
             continue
         folder = Path(dataset).resolve()
@@ -65,7 +65,7 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
     return FaceArray(crops, labels.astype(np.int64), identities.tolist())
 
 
-def pack_face_array(faces: FaceArray, out_prefix: str | Path, max_bytes: int = 60 << 20,
+def pack_face_array(faces: FaceArray, out_prefix: str | Path, max_bytes: int = 56 << 20,
                     webp_quality: int = 80) -> list[Path]:
     """Write `faces` as WebP-encoded `.npz` packs of at most `max_bytes` each (portable training
     sets: ~1.8 kB a face instead of 37 kB decoded). Returns the pack paths."""
@@ -80,9 +80,10 @@ def pack_face_array(faces: FaceArray, out_prefix: str | Path, max_bytes: int = 6
             end += 1
         path = Path(f"{out_prefix}-{len(paths):03d}.npz")
         path.parent.mkdir(parents=True, exist_ok=True)
+        identities, index = np.unique(names[start:end], return_inverse=True)
         np.savez(path, blob=np.concatenate(encoded[start:end]).ravel(),
                  offsets=np.r_[0, np.cumsum([len(e) for e in encoded[start:end]])],
-                 identities=names[start:end])
+                 identities=identities, identity_index=index.astype(np.int32))
         paths.append(path)
         start = end
     return paths

@@ -131,7 +131,7 @@ class Trainer:
                     seen += len(indices)
                     self.elapsed = elapsed_before + time.time() - started
                     if self.is_main:
-                        self._log(writer, bar, loss.item(), lr, grad_norm.item(), stats,
+                        self._log(writer, bar, loss.detach(), lr, grad_norm, stats,
                                   seen * self.world / (time.time() - started))
                     if self.step % cfg.checkpoint_every == 0:
                         self._save_state()
@@ -200,6 +200,8 @@ class Trainer:
         bar.update(1)
         if self.step % self.cfg.log_every and self.step != 1:
             return
+        loss, grad_norm = float(loss), float(grad_norm)
+        stats = {key: float(value) for key, value in stats.items()}
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
         record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "images_per_s": images_per_s, **stats}

@@ -1,0 +1,19 @@
+"""Run every benchmark in turn (what `make bench` does); the training benchmark runs on ORL,
+prepared into a temporary folder first."""
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as tmp:
+        orl = Path(tmp) / "orl"
+        subprocess.run([sys.executable, "-m", "faceverify.cli", "prepare", str(DATA / "orl"), str(orl)],
+                       check=True)
+        for script, args in [("bench_inference.py", []), ("bench_gallery.py", []),
+                             ("bench_training.py", [str(orl)])]:
+            print(f"\n## {script}", flush=True)
+            subprocess.run([sys.executable, str(HERE / script), *args], check=True)

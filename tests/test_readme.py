@@ -1,0 +1,18 @@
+"""Every Python snippet in the README runs as written."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+SNIPPETS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.mark.parametrize("code", SNIPPETS, ids=[f"snippet{i}" for i in range(len(SNIPPETS))])
+def test_readme_snippet(code, tmp_path):
+    code = code.replace("/tmp/readme-gallery.db", str(tmp_path / "g.db"))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip()
