@@ -62,9 +62,9 @@ class OnnxEmbedder:
         self.session = create_session(self.path, providers)
         self.providers = self.session.get_providers()
         props = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in props:
-            raise ModelError(f"{path}: ONNX file has no faceverify metadata (not exported by faceverify)")
-        self.metadata = json.loads(props[METADATA_KEY])
+        self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
+        if "embedding_dim" not in self.metadata:
+            raise ModelError(f"{path}: not a faceverify embedding model (export one with `faceverify export`)")
         self.input = self.session.get_inputs()[0]
         self.batch_size = batch_size
         self._dtype = np.uint8 if self.input.type == "tensor(uint8)" else np.float32

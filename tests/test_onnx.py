@@ -101,5 +101,5 @@ def test_foreign_onnx_file_is_refused(tmp_path):
     (tmp_path / "x.onnx").write_bytes(b"not onnx")
     with pytest.raises(ModelError, match="cannot load ONNX model"):
         OnnxEmbedder(tmp_path / "x.onnx")
-    with pytest.raises(ModelError, match="no faceverify metadata"):
+    with pytest.raises(ModelError, match="not a faceverify embedding model"):
         OnnxEmbedder(ROOT / "weights" / "mtcnn" / "pnet.onnx")
