@@ -17,7 +17,7 @@ import cv2  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from faceverify import FaceVerifyError, Verifier
+from faceverify import FaceVerifyError, Verifier, load_rgb
 from faceverify.gallery import Gallery
 from faceverify.metrics import far_at_threshold
 from faceverify.verifier import WEIGHTS_DIR, default_model_path
@@ -67,7 +67,7 @@ class FaceApp:
             results.append((faces[index - 1], annotate(image, faces, index - 1)))
         score = float(np.dot(results[0][0].embedding, results[1][0].embedding))
         same = score >= threshold
-        verdict = (f"## {'✅ Same person' if same else '❌ Different people'}\n"
+        verdict = (f"## {'Same person' if same else 'Different people'}\n"
                    f"Similarity **{score:.3f}** {'≥' if same else '<'} threshold {threshold:.3f} "
                    f"({self.threshold_meaning(threshold)}).")
         if notes:
@@ -141,11 +141,11 @@ class FaceApp:
 
 
 def annotate(image: np.ndarray, faces, chosen: int) -> np.ndarray:
-    """The photo with numbered boxes; the compared face in green."""
-    canvas = np.ascontiguousarray(image[:, :, :3]).copy()
+    """The photo with numbered boxes (faces: `FaceEmbedding`s); the compared face in green."""
+    canvas = np.ascontiguousarray(load_rgb(image)).copy()
     scale = max(1, round(max(canvas.shape[:2]) / 400))
-    for i, face in enumerate(faces):
-        x1, y1, x2, y2 = face.box.astype(int)
+    for i, found in enumerate(faces):
+        x1, y1, x2, y2 = found.face.box.astype(int)
         colour = (40, 200, 40) if i == chosen else (230, 160, 0)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 2 * scale)
         cv2.putText(canvas, str(i + 1), (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour, 2 * scale)
@@ -170,7 +170,8 @@ def build(app: FaceApp) -> gr.Blocks:
             with gr.Row():
                 shown_a = gr.Image(label="Faces found in A", interactive=False)
                 shown_b = gr.Image(label="Faces found in B", interactive=False)
-            crops = gr.Gallery(label="Aligned faces that were compared", columns=2, height=200)
+            crops = gr.Gallery(label="Aligned faces that were compared (112×112)", columns=2,
+                               height=180, object_fit="contain", preview=False)
             threshold.change(app.threshold_meaning, threshold, meaning, api_name=False)
             verify_button.click(app.verify, [image_a, image_b, threshold, pick_a, pick_b],
                                 [verdict, shown_a, shown_b, crops], api_name="verify")
@@ -179,7 +180,7 @@ def build(app: FaceApp) -> gr.Blocks:
             top_k = gr.Slider(1, 10, value=5, step=1, label="Matches to show")
             identify_button = gr.Button("Identify", variant="primary")
             answer = gr.Markdown()
-            matches = gr.Gallery(label="Best matches", columns=5, height=220)
+            matches = gr.Gallery(label="Best matches", columns=5, height=220, object_fit="contain")
             identify_button.click(app.identify, [query, top_k], [answer, matches], api_name="identify")
         with gr.Tab("Enroll"):
             name = gr.Textbox(label="Name")
