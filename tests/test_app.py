@@ -114,5 +114,9 @@ def test_browser_verify_and_screenshot(server):
         page.locator("#verify-button").click()
         page.locator("#verdict").get_by_text("Same person").wait_for(timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "ui-verify.png"), full_page=True)
+        for tab in ("Identify", "Enroll", "About"):
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(ARTIFACTS / f"ui-{tab.lower()}.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "ui-verify.png").stat().st_size > 10_000
