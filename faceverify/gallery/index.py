@@ -8,8 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 INDEX_KINDS = ("auto", "numpy", "faiss-flat", "faiss-ivf", "faiss-hnsw")
-#: "auto" switches from exact numpy to FAISS flat above this many templates (if FAISS is present)
-FAISS_FROM = 20_000
 
 
 class NumpyIndex:
@@ -52,17 +50,9 @@ class FaissIndex:
         return self.index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def build_index(templates: np.ndarray, kind: str = "auto"):
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index {kind!r}; choose one of {INDEX_KINDS}")
-    if kind == "auto":
-        kind = "faiss-flat" if len(templates) >= FAISS_FROM and faiss_available() else "numpy"
+    if kind == "auto":  # exact numpy search measured faster than FAISS flat here (bench_gallery.py)
+        kind = "numpy"
     return NumpyIndex(templates) if kind == "numpy" else FaissIndex(templates, kind)
