@@ -41,8 +41,8 @@ class FaceApp:
         return Gallery(self.gallery_path, self.verifier)
 
     # ---------------------------------------------------------------- verify
-    def faces(self, image, pick):
-        """Faces of one uploaded image; several → the user's pick (1-based), or an error asking."""
+    def faces(self, image):
+        """Every face of one uploaded image, largest first, or a readable error."""
         if image is None:
             raise gr.Error("Upload or paste a photo first.")
         with self._lock:
@@ -57,7 +57,7 @@ class FaceApp:
     def verify(self, image_a, image_b, threshold, pick_a, pick_b):
         results, notes = [], []
         for label, image, pick in (("A", image_a, pick_a), ("B", image_b, pick_b)):
-            faces = self.faces(image, pick)
+            faces = self.faces(image)
             index = int(pick or 1)
             if index > len(faces):
                 raise gr.Error(f"Photo {label} has {len(faces)} face(s); choose 1 to {len(faces)}.")
@@ -81,7 +81,7 @@ class FaceApp:
 
     # -------------------------------------------------------------- identify
     def identify(self, image, top_k):
-        face = self.faces(image, 1)[0]
+        face = self.faces(image)[0]
         try:
             with self.gallery() as gallery, self._lock:
                 result = gallery.identify([face.crop], int(top_k))[0]

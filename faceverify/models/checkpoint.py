@@ -20,6 +20,15 @@ from .embedder import INPUT_FORMAT, Embedder
 FORMAT_VERSION = 1
 
 
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def weights_sha256(state_dict: dict) -> str:
     """Hash of the tensors (names, dtypes, shapes, bytes), independent of the file it is saved in."""
     digest = hashlib.sha256()
@@ -53,11 +62,7 @@ def save_checkpoint(path: str | Path, model: Embedder, thresholds: dict | None =
              for k, v in model.state_dict().items()}
     metadata = build_metadata(model, thresholds, training, state)
     metadata["weights_dtype"] = "float16" if half else "float32"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"metadata": json.dumps(metadata), "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    atomic_save({"metadata": json.dumps(metadata), "state_dict": state}, path)
     return metadata
 
 
@@ -87,7 +92,5 @@ def set_thresholds(path: str | Path, thresholds: dict) -> dict:
     metadata = json.loads(blob["metadata"])
     metadata["thresholds"] = thresholds
     blob["metadata"] = json.dumps(metadata)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    atomic_save(blob, path)
     return metadata

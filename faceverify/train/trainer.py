@@ -26,6 +26,7 @@ from ..evaluation import AlignedPairs
 from ..losses import build_objective
 from ..metrics import calibrated_thresholds, verification_report
 from ..models import Embedder, save_checkpoint
+from ..models.checkpoint import atomic_save
 from ..sampling import PKBatches
 from .augment import augment
 from .config import TrainConfig
@@ -287,10 +288,7 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(), "elapsed": self.elapsed,
                  "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                  "batch_in_epoch": self.batch_in_epoch, "best": json.dumps(self.best)}
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.out / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / STATE_FILE)
+        atomic_save(state, self.out / STATE_FILE)
 
     def _load_state(self) -> None:
         state = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
