@@ -6,9 +6,10 @@ Files that cannot be used are listed with a reason in `failures.csv`; they never
 from __future__ import annotations
 
 import csv
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 from tqdm import tqdm
@@ -40,8 +41,12 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
                     jpeg_quality: int = 95, progress: bool = True) -> PrepareReport:
     """Align every face of `source` into `dest` (see module docstring); rerun to resume."""
     dest = Path(dest)
+    if Path(source).is_dir() and dest.resolve().is_relative_to(Path(source).resolve()):
+        raise FaceVerifyError(f"{dest}: inside the source folder {source}, whose images its crops "
+                              "would replace or join; choose a destination outside it")
     dest.mkdir(parents=True, exist_ok=True)
     samples = load_samples(source, split)
+    _refuse_to_overwrite_sources(samples, dest)
     done = _done_keys(dest / "manifest.csv") | _done_keys(dest / "failures.csv")
     todo = [s for s in samples if s.key not in done]
     report = PrepareReport(0, 0, len(samples) - len(todo))
@@ -68,7 +73,7 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
                     report.failed += 1
                     continue
                 face, crop, _ = result
-                out_key = str(Path(sample.key).with_suffix(".jpg"))
+                out_key = output_key(sample)
                 out_path = dest / out_key
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(out_path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
@@ -79,6 +84,27 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
             bar.update(len(batches[index]))
             bar.set_postfix(failed=report.failed)
     return report
+
+
+def output_key(sample: Sample) -> str:
+    """Where a sample's crop goes, relative to the destination: its own relative path as .jpg, or,
+    for a path that is absolute or climbs out with '..' (manifests may list such paths),
+    identity/name-hash.jpg. Crops are never written outside the destination."""
+    key = PurePosixPath(sample.key)
+    if key.is_absolute() or ".." in key.parts:
+        digest = hashlib.sha256(sample.key.encode()).hexdigest()[:10]
+        key = PurePosixPath(sample.identity or "unlabelled", f"{key.stem}-{digest}")
+    return str(key.with_suffix(".jpg"))
+
+
+def _refuse_to_overwrite_sources(samples: list[Sample], dest: Path) -> None:
+    """A manifest's own folder as destination (`prepare photos/manifest.csv photos`) would
+    replace the photos with their crops."""
+    sources = {sample.path.resolve() for sample in samples}
+    for sample in samples:
+        if (dest / output_key(sample)).resolve() in sources:
+            raise FaceVerifyError(f"{dest}: preparing here would overwrite source images "
+                                  f"(e.g. {sample.path}); choose another destination")
 
 
 def _decode_batch(batch: list[Sample]) -> dict:
@@ -95,7 +121,11 @@ def _done_keys(path: Path) -> set[str]:
     if not path.is_file():
         return set()
     with open(path, newline="") as fh:
-        return {row["source"] for row in csv.DictReader(fh)}
+        reader = csv.DictReader(fh)
+        if "source" not in (reader.fieldnames or ()):
+            raise FaceVerifyError(f"{path}: not written by prepare (no 'source' column); "
+                                  "choose an empty or earlier prepare destination")
+        return {row["source"] for row in reader}
 
 
 class _CsvAppender:

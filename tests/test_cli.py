@@ -94,6 +94,28 @@ def test_prepare_lists_failures(tmp_path):
     assert "already done 3" in done.stderr
 
 
+def test_prepare_never_writes_over_its_sources(tmp_path):
+    """Crops land under the destination even when a manifest lists absolute paths, and a
+    destination that would replace the photos themselves is refused."""
+    src = tmp_path / "src" / "Aaron_Peirsol"
+    src.mkdir(parents=True)
+    originals = {}
+    for i in (1, 2):
+        originals[src / f"a{i}.jpg"] = lfw("Aaron_Peirsol", i).read_bytes()
+        (src / f"a{i}.jpg").write_bytes(originals[src / f"a{i}.jpg"])
+    manifest = tmp_path / "absolute.csv"
+    manifest.write_text("path,identity,split\n" + "".join(f"{p},Aaron_Peirsol,train\n" for p in originals))
+    faceverify("prepare", manifest, tmp_path / "out", check_rc=0)
+    crops = sorted((tmp_path / "out").rglob("*.jpg"))
+    assert len(crops) == 2 and all(c.is_relative_to(tmp_path / "out") for c in crops)
+    nested = faceverify("prepare", tmp_path / "src", tmp_path / "src" / "aligned")
+    assert nested.returncode != 0 and "inside the source folder" in nested.stderr
+    (tmp_path / "src" / "manifest.csv").write_text("path,identity\nAaron_Peirsol/a1.jpg,Aaron_Peirsol\n")
+    in_place = faceverify("prepare", tmp_path / "src" / "manifest.csv", tmp_path / "src")
+    assert in_place.returncode != 0 and "would overwrite source images" in in_place.stderr
+    assert all(path.read_bytes() == data for path, data in originals.items())
+
+
 def test_unknown_model_file(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"garbage")
     done = faceverify("verify", *SAME, "--model", tmp_path / "m.pt")
