@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prepare", help="align an identity dataset into 112x112 crops (resumable)")
-    p.add_argument("source", type=Path, help="identity folders, or a manifest.csv")
+    p.add_argument("source", type=Path, help="a folder of images (one subfolder per identity), or a manifest.csv")
     p.add_argument("dest", type=Path)
     p.add_argument("--split", help="only rows of this manifest split (e.g. train)")
     p.add_argument("--face-policy", choices=policies, default="central")

@@ -31,10 +31,12 @@ class Pair:
 
 
 def load_samples(source: str | Path, split: str | None = None) -> list[Sample]:
-    """Samples of a dataset given as a `manifest.csv` (path, identity, split) or identity folders.
+    """Samples of a dataset given as a `manifest.csv` (path, identity, split) or an image folder.
 
-    A folder that contains `manifest.csv` is read through it; otherwise every image in
-    `source/<identity>/` is a sample of that identity. `split` keeps only rows of that split.
+    A folder that contains `manifest.csv` is read through it; otherwise every image below it is a
+    sample whose identity is the name of the folder it sits in (`source/<identity>/<image>`; an
+    unlabelled folder of images is one "identity", which self-supervised pretraining ignores).
+    `split` keeps only rows of that split.
     """
     source = Path(source)
     manifest = source if source.suffix == ".csv" else source / "manifest.csv"
@@ -42,9 +44,9 @@ def load_samples(source: str | Path, split: str | None = None) -> list[Sample]:
         samples = _read_manifest(manifest)
     elif source.is_dir():
         samples = [Sample(p, p.relative_to(source).as_posix(), p.parent.name)
-                   for p in sorted(source.glob("*/*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+                   for p in sorted(source.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     else:
-        raise FaceVerifyError(f"{source}: neither a manifest.csv nor a folder of identity folders")
+        raise FaceVerifyError(f"{source}: neither a manifest.csv nor a folder of images")
     if split is not None:
         samples = [s for s in samples if s.split == split]
     if not samples:

@@ -1,4 +1,5 @@
-"""P identities × K images per batch, resumable: PML's MPerClassSampler driven by a seeded RNG.
+"""Batch samplers with exact resume: P identities × K images for metric learning (PML's
+MPerClassSampler driven by a seeded RNG), and uniform batches for self-supervised pretraining.
 
 PML draws from a module-level RandomState; seeding it per (seed, epoch, rank) makes every epoch's
 batch order reproducible, so a resumed run skips the batches it already trained on and continues
@@ -31,3 +32,22 @@ class PKBatches:
         usable = len(indices) // self.batch_size * self.batch_size
         batches = indices[:usable].reshape(-1, self.batch_size)
         yield from batches[skip:]
+
+
+class RandomBatches:
+    """Yields index arrays of `batch_size` distinct samples, a fresh permutation each epoch
+    (self-supervised pretraining: labels play no part); same resume contract as `PKBatches`."""
+
+    def __init__(self, num_samples: int, batch_size: int, batches_per_epoch: int | None = None,
+                 seed: int = 0, rank: int = 0):
+        if num_samples < batch_size:
+            raise ValueError(f"{num_samples} images cannot fill a batch of {batch_size}")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.batches_per_epoch = min(batches_per_epoch or num_samples // batch_size,
+                                     num_samples // batch_size)
+        self.seed, self.rank = seed, rank
+
+    def epoch(self, epoch: int, skip: int = 0):
+        rng = np.random.default_rng([self.seed, epoch, self.rank])
+        order = rng.permutation(self.num_samples)[:self.batches_per_epoch * self.batch_size]
+        yield from order.reshape(-1, self.batch_size)[skip:]

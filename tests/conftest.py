@@ -1,6 +1,7 @@
-"""Shared fixtures: real photos from ../shared/data, the bundled model, small trained crops."""
+"""Shared fixtures: real photos from ../shared/data, the bundled model, real aligned crops."""
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -68,3 +69,26 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, torch_detector):
+    """150 CelebA identities (8 images each) aligned by `prepare`, the way training data is made."""
+    source = tmp_path_factory.mktemp("celeba")
+    with open(DATA / "celeba" / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_identity = {}
+    for row in rows:
+        by_identity.setdefault(row["identity"], []).append(row)
+    picked = [r for rows_ in list(by_identity.values())[:150] for r in rows_[:8]]
+    with open(source / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "identity", "split"])
+        writer.writeheader()
+        for r in picked:
+            writer.writerow({"path": str(DATA / "celeba" / r["path"]), "identity": r["identity"], "split": "train"})
+    from faceverify.prepare import prepare_dataset
+
+    dest = tmp_path_factory.mktemp("aligned") / "celeba"
+    report = prepare_dataset(source / "manifest.csv", dest, torch_detector, progress=False)
+    assert report.aligned >= 0.95 * len(picked)
+    return dest

@@ -1,6 +1,5 @@
 """Training on real aligned faces (CPU, small model, few steps): every objective learns, triplet
 training beats the untrained model on dev pairs, a killed run resumes, DDP runs under torchrun."""
-import csv
 import json
 import os
 import signal
@@ -12,31 +11,9 @@ import pytest
 
 from faceverify.data import read_pairs
 from faceverify.evaluation import AlignedPairs
-from faceverify.prepare import prepare_dataset
 from faceverify.train import Trainer, load_config
 
-from .conftest import DATA, DEV_PAIRS, LFW, ROOT
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, torch_detector):
-    """150 CelebA identities (8 images each) aligned by `prepare`, the way training data is made."""
-    source = tmp_path_factory.mktemp("celeba")
-    with open(DATA / "celeba" / "manifest.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    by_identity = {}
-    for row in rows:
-        by_identity.setdefault(row["identity"], []).append(row)
-    picked = [r for rows_ in list(by_identity.values())[:150] for r in rows_[:8]]
-    with open(source / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "identity", "split"])
-        writer.writeheader()
-        for r in picked:
-            writer.writerow({"path": str(DATA / "celeba" / r["path"]), "identity": r["identity"], "split": "train"})
-    dest = tmp_path_factory.mktemp("aligned") / "celeba"
-    report = prepare_dataset(source / "manifest.csv", dest, torch_detector, progress=False)
-    assert report.aligned >= 0.95 * len(picked)
-    return dest
+from .conftest import DEV_PAIRS, LFW, ROOT
 
 
 @pytest.fixture(scope="module")

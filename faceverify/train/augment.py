@@ -1,7 +1,9 @@
 """Batch augmentation for aligned faces, on whatever device the batch is on (no loader workers).
 
-Only transforms that keep the five-point alignment meaningful: mirror, small scale/shift, colour,
-grayscale and blur. Randomness comes from an explicit generator so a resumed run is reproducible.
+Supervised recipes use only transforms that keep the five-point alignment meaningful: mirror, small
+scale/shift, colour, grayscale and blur. Self-supervised pretraining adds SimCLR's random
+crop-resize (`crop_area`), still inside the aligned frame. Randomness comes from an explicit
+generator so a resumed run is reproducible.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class AugmentConfig:
     saturation: float = 0.25
     grayscale: float = 0.1
     blur: float = 0.1
+    crop_area: float = 0.0  # > 0: crop a random square of [crop_area, 1] of the frame, resize back
 
 
 def augment(batch: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -34,13 +37,17 @@ def augment(batch: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator)
     def chance(p):
         return (torch.rand(n, generator=generator, device="cpu") < p).to(dev)
 
-    if cfg.scale or cfg.shift or cfg.flip:
-        zoom = uniform(1 - cfg.scale, 1 + cfg.scale)
+    if cfg.scale or cfg.shift or cfg.flip or cfg.crop_area:
+        # crop: a square of random area whose centre keeps it inside the frame; else a small zoom
+        side = (uniform(cfg.crop_area, 1.0).sqrt() if cfg.crop_area
+                else 1.0 / uniform(1 - cfg.scale, 1 + cfg.scale))
         mirror = torch.where(chance(cfg.flip), -1.0, 1.0).to(dev)
+        offset = (uniform(-1.0, 1.0, 2) * (1 - side)[:, None] if cfg.crop_area
+                  else uniform(-cfg.shift, cfg.shift, 2) * 2)
         theta = torch.zeros(n, 2, 3, device=dev)
-        theta[:, 0, 0] = mirror / zoom
-        theta[:, 1, 1] = 1.0 / zoom
-        theta[:, :, 2] = uniform(-cfg.shift, cfg.shift, 2) * 2
+        theta[:, 0, 0] = mirror * side
+        theta[:, 1, 1] = side
+        theta[:, :, 2] = offset
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     x = x * uniform(1 - cfg.brightness, 1 + cfg.brightness)[:, None, None, None]

@@ -9,13 +9,14 @@ import yaml
 
 from ..losses import ObjectiveConfig
 from .augment import AugmentConfig
+from .methods import PretrainConfig
 
 
 @dataclass
 class DataConfig:
-    datasets: list = field(default_factory=list)  # folders written by `faceverify prepare`
+    datasets: list = field(default_factory=list)  # folders of aligned crops (`faceverify prepare`)
     cache_dir: str | None = None  # decoded-crop cache (.npy); None = decode every run
-    min_images: int = 2  # identities with fewer images cannot form positive pairs
+    min_images: int = 2  # identities with fewer images cannot form positive pairs (supervised)
     on_device: bool = False  # keep all crops in accelerator memory (GPU: no host→device copies)
     p: int = 32  # identities per batch
     k: int = 4  # images per identity
@@ -54,6 +55,8 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/default"
+    mode: str = "supervised"  # supervised | simclr | moco (self-supervised: labels ignored)
+    init_from: str | None = None  # start from this checkpoint's embedder (e.g. a pretraining run)
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 200
@@ -63,6 +66,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ssl: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:

@@ -1,5 +1,5 @@
-"""The training loop: P×K batches → augment → embedder → objective, with the things long runs need:
-warm-up + cosine schedule, autocast, gradient clipping, periodic dev-pair evaluation with the shared
+"""The training loop: batches → augmented views → a training method (supervised P×K metric
+learning, or SimCLR / MoCo pretraining without labels), with the things long runs need: warm-up + cosine schedule, autocast, gradient clipping, periodic dev-pair evaluation with the shared
 metric code, best-checkpoint keeping, TensorBoard + tqdm, checkpoints every N steps and on SIGTERM,
 exact resume, and DDP under torchrun (gloo on CPU, nccl on GPU; only rank 0 writes).
 """
@@ -25,31 +25,17 @@ from ..embed import TorchEmbedder
 from ..evaluation import AlignedPairs
 from ..losses import build_objective
 from ..metrics import calibrated_thresholds, verification_report
-from ..models import Embedder, save_checkpoint
+from ..models import Embedder, load_checkpoint, save_checkpoint
 from ..models.checkpoint import atomic_save
-from ..sampling import PKBatches
+from ..sampling import PKBatches, RandomBatches
 from .augment import augment
 from .config import TrainConfig
 from .data import load_face_array
+from .methods import build_method
 
 STATE_FILE = "state.pt"  # everything needed to resume
 BEST_FILE = "best.pt"  # best dev accuracy so far, inference checkpoint with metadata
 FINAL_FILE = "final.pt"
-
-
-class TrainStep(nn.Module):
-    """Model + objective as one module, so DDP synchronises both (arcface has weights too)."""
-
-    def __init__(self, model: nn.Module, objective: nn.Module, channels_last: bool):
-        super().__init__()
-        self.model, self.objective, self.channels_last = model, objective, channels_last
-
-    def forward(self, images, labels, autocast):
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            embeddings = self.model(images)
-        return self.objective(embeddings, labels)
 
 
 class Trainer:
@@ -62,20 +48,31 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
 
-        self.data = load_face_array(cfg.data.datasets, cfg.data.cache_dir, cfg.data.min_images,
+        self.supervised = cfg.mode == "supervised"
+        self.data = load_face_array(cfg.data.datasets, cfg.data.cache_dir,
+                                    cfg.data.min_images if self.supervised else 1,
                                     progress=progress and self.is_main)
-        per_rank = max(1, len(self.data.labels) // (cfg.data.p * cfg.data.k * self.world))
-        self.batches = PKBatches(self.data.labels, cfg.data.p, cfg.data.k, per_rank, cfg.seed, self.rank)
-        self.labels = torch.from_numpy(self.data.labels)
+        images = len(self.data.labels)
+        if self.supervised:
+            per_rank = max(1, images // (cfg.data.p * cfg.data.k * self.world))
+            self.batches = PKBatches(self.data.labels, cfg.data.p, cfg.data.k, per_rank, cfg.seed, self.rank)
+            self.labels = torch.from_numpy(self.data.labels)
+        else:  # every image is its own class: its two views are the positive pair
+            per_rank = max(1, images // (cfg.ssl.batch_size * self.world))
+            self.batches = RandomBatches(images, cfg.ssl.batch_size, per_rank, cfg.seed, self.rank)
+            self.labels = torch.arange(images)
         self.crops = (torch.from_numpy(np.ascontiguousarray(self.data.crops)).to(self.device)
                       if cfg.data.on_device else self.data.crops)
 
-        self.model = Embedder(cfg.model.arch, cfg.model.embedding_dim, cfg.model.dropout).to(self.device)
+        self.model = Embedder(cfg.model.arch, cfg.model.embedding_dim, cfg.model.dropout)
+        self.initialised_from = _init_from(self.model, cfg.init_from) if cfg.init_from else None
+        self.model = self.model.to(self.device)
         if cfg.optim.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.objective = build_objective(cfg.objective, cfg.model.embedding_dim,
-                                         len(self.data.identities)).to(self.device)
-        self.step_module = TrainStep(self.model, self.objective, cfg.optim.channels_last)
+        objective = (build_objective(cfg.objective, cfg.model.embedding_dim, len(self.data.identities))
+                     if self.supervised else None)
+        self.step_module = build_method(cfg.mode, self.model, objective, cfg.ssl,
+                                        cfg.optim.channels_last).to(self.device)
         if cfg.optim.compile:
             self.step_module.model = torch.compile(self.model)
         self.optimizer = _optimizer(cfg.optim, self.step_module.parameters())
@@ -118,15 +115,17 @@ class Trainer:
                     images = self._batch(indices)
                     labels = self.labels[indices].to(self.device)
                     generator.manual_seed(cfg.seed * 1_000_003 + self.step * 31 + self.rank)
-                    images = augment(images, cfg.augment, generator)
+                    views = [augment(images, cfg.augment, generator)
+                             for _ in range(self.step_module.views)]
                     lr = self._set_learning_rate()
-                    loss, stats = self.ddp(images, labels, autocast)
+                    loss, stats = self.ddp(views, labels, autocast)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
                     self.scaler.unscale_(self.optimizer)
                     grad_norm = nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.optim.grad_clip)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
+                    self.step_module.after_step()
                     self.step += 1
                     self.batch_in_epoch += 1
                     seen += len(indices)
@@ -260,9 +259,14 @@ class Trainer:
     # ----------------------------------------------------------- checkpoints
     def _training_summary(self) -> dict:
         cfg = self.cfg
+        method = ({"objective": cfg.objective.__dict__,
+                   "batch": {"p": cfg.data.p, "k": cfg.data.k, "world_size": self.world}}
+                  if self.supervised else
+                  {"pretraining": cfg.ssl.__dict__, "batch": {"images": cfg.ssl.batch_size,
+                                                              "world_size": self.world}})
         return {"data": {"datasets": [Path(d).name for d in cfg.data.datasets], **self.data.summary()},
-                "objective": cfg.objective.__dict__, "optim": cfg.optim.__dict__,
-                "batch": {"p": cfg.data.p, "k": cfg.data.k, "world_size": self.world},
+                "mode": cfg.mode, "init_from": self.initialised_from, **method,
+                "optim": cfg.optim.__dict__,
                 "steps": self.step, "device": str(self.device),
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
 
@@ -284,7 +288,7 @@ class Trainer:
     def _save_state(self) -> None:
         if not self.is_main:
             return
-        state = {"model": self.model.state_dict(), "objective": self.objective.state_dict(),
+        state = {"method": self.step_module.state_dict(),  # embedder, objective, heads, queue
                  "optimizer": self.optimizer.state_dict(), "elapsed": self.elapsed,
                  "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                  "batch_in_epoch": self.batch_in_epoch, "best": json.dumps(self.best)}
@@ -292,14 +296,25 @@ class Trainer:
 
     def _load_state(self) -> None:
         state = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.objective.load_state_dict(state["objective"])
+        self.step_module.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.elapsed = float(state["elapsed"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.best = json.loads(state["best"])
+
+
+def _init_from(model: Embedder, path: str) -> dict:
+    """Copy a checkpoint's embedder weights into `model` and describe where they came from (a
+    pretraining run's projection head is never in its checkpoints: it is dropped by construction)."""
+    pretrained, metadata = load_checkpoint(path)
+    if (pretrained.arch, pretrained.embedding_dim) != (model.arch, model.embedding_dim):
+        raise ValueError(f"{path}: a {pretrained.arch} / {pretrained.embedding_dim}-d checkpoint "
+                         f"cannot initialise a {model.arch} / {model.embedding_dim}-d model")
+    model.load_state_dict(pretrained.state_dict())
+    return {"file": Path(path).name, "weights_sha256": metadata["weights_sha256"],
+            "mode": metadata["training"].get("mode", "supervised")}
 
 
 def _device(name: str, local_rank: int) -> torch.device:
