@@ -117,14 +117,23 @@ def test_sigterm_checkpoints_and_stops(tmp_path, prepared):
     assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == stopped > 0
 
 
-def test_ddp_two_processes_with_gloo(tmp_path, prepared):
+@pytest.mark.parametrize("mode", ["supervised", "moco"])
+def test_ddp_two_processes_with_gloo(tmp_path, prepared, mode):
+    """Two ranks train together; MoCo's ranks share one queue of both ranks' keys."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_port", "29517")
-    done = subprocess.run(run_training(tmp_path, prepared, "optim.steps=8", "checkpoint_every=4",
+    steps = 8 if mode == "supervised" else 4
+    done = subprocess.run(run_training(tmp_path, prepared, f"optim.steps={steps}", "checkpoint_every=4",
+                                       f"mode={mode}", "ssl.batch_size=16", "ssl.queue_size=256",
                                        launcher=launcher), cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 8
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == steps
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["data"]["p"] == 8
+    assert config["data"]["p"] == 8 and config["mode"] == mode
+    if mode == "moco":
+        import torch
+
+        state = torch.load(tmp_path / "state.pt", weights_only=True)["method"]
+        assert state["_extra_state"]["queue_idx"] == 4 * 2 * 16  # 4 steps × 2 ranks × 16 keys

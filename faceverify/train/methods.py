@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_metric_learning import losses
 from torch import nn
@@ -112,9 +113,12 @@ class MoCo(Method):
         queries = self.projector(self.embed(views[0], autocast)).float()
         with torch.no_grad(), autocast:
             keys = self.key_encoder(views[1]).float()
-        is_key = torch.arange(2 * len(labels), device=labels.device) >= len(labels)
-        loss = self.queue(torch.cat([queries, keys]), torch.cat([labels, labels]), enqueue_mask=is_key)
-        return loss, view_stats(queries.detach(), keys)
+        stats = view_stats(queries.detach(), keys)
+        # under DDP every rank enqueues every rank's keys, so all ranks share one queue
+        keys, key_labels = _all_gather(keys), _all_gather(labels)
+        is_key = torch.arange(len(queries) + len(keys), device=labels.device) >= len(queries)
+        loss = self.queue(torch.cat([queries, keys]), torch.cat([labels, key_labels]), enqueue_mask=is_key)
+        return loss, stats
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -128,6 +132,15 @@ class MoCo(Method):
 
     def set_extra_state(self, state: dict) -> None:
         self.queue.queue_idx, self.queue.has_been_filled = state["queue_idx"], state["filled"]
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` from every DDP rank, concatenated in rank order (as is, without DDP)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 def view_stats(first: torch.Tensor, second: torch.Tensor) -> dict:
