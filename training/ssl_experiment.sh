@@ -4,6 +4,8 @@
 #   simclr-triplet  SimCLR on every set, labels ignored (+ the extra set), TOTAL/2 steps,
 #                   then the same triplet recipe from its weights for TOTAL/2 steps
 #   moco-triplet    the same with MoCo
+# and a control, scratch-half: the triplet recipe for TOTAL/2 steps alone (what the fine-tuning
+# budget gives without pretraining).
 # usage: training/ssl_experiment.sh ALIGNED_DIR OUT_DIR [TOTAL]   (ALIGNED_DIR holds the prepared
 # lfw, celeba, orl, yaleb and extra folders; CACHE=dir shares decoded crops between runs).
 # Interrupted? Run it again: finished runs are skipped, unfinished ones resume.
@@ -23,9 +25,10 @@ train() {  # train RUN CONFIG DATASETS STEPS [extra args]
 }
 
 train scratch cpu "$labelled" "$total"
+train scratch-half cpu "$labelled" "$half"
 for mode in simclr moco; do
   train "$mode" "$mode" "$unlabelled" "$half"
   train "$mode-triplet" cpu "$labelled" "$half" --init-from "$out/$mode/final.pt"
 done
 python training/plot_runs.py "$out/ssl-experiment.png" "$out/scratch" "$out/simclr" \
-  "$out/simclr-triplet@$half" "$out/moco" "$out/moco-triplet@$half"
+  "$out/simclr-triplet@$half" "$out/moco" "$out/moco-triplet@$half" "$out/scratch-half"
