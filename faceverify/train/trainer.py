@@ -1,7 +1,8 @@
 """The training loop: batches → augmented views → a training method (supervised P×K metric
-learning, or SimCLR / MoCo pretraining without labels), with the things long runs need: warm-up + cosine schedule, autocast, gradient clipping, periodic dev-pair evaluation with the shared
-metric code, best-checkpoint keeping, TensorBoard + tqdm, checkpoints every N steps and on SIGTERM,
-exact resume, and DDP under torchrun (gloo on CPU, nccl on GPU; only rank 0 writes).
+learning, or SimCLR / MoCo pretraining without labels), with the things long runs need: warm-up +
+cosine schedule, autocast, gradient clipping, periodic dev-pair evaluation with the shared metric
+code, best-checkpoint keeping, TensorBoard + tqdm, checkpoints every N steps and on SIGTERM, exact
+resume, and DDP under torchrun (gloo on CPU, nccl on GPU; only rank 0 writes).
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ class Trainer:
                                         cfg.optim.channels_last).to(self.device)
         if cfg.optim.compile:
             self.step_module.model = torch.compile(self.model)
-        self.optimizer = _optimizer(cfg.optim, self.step_module.parameters())
+        # MoCo's key encoder is frozen (it follows by EMA): the optimiser never sees it
+        self.optimizer = _optimizer(cfg.optim, [p for p in self.step_module.parameters() if p.requires_grad])
         self.precision = _precision(cfg.optim.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == torch.float16)
         self.ddp = (nn.parallel.DistributedDataParallel(
