@@ -1,4 +1,5 @@
-"""Metric-learning training: config, in-memory face data, batch augmentation and the loop."""
+"""Training: config, in-memory face data, batch augmentation, the loop and its methods (metric
+learning on identity labels; SimCLR and MoCo pretraining without them)."""
 from .config import TrainConfig, load_config
 from .trainer import Trainer
 
