@@ -54,12 +54,17 @@ def test_pretraining_lowers_its_loss(tmp_path, unlabelled, mode):
     assert records[-1]["view_match"] > records[0]["view_match"]
 
 
-def real_views(prepared, count=16, seed=0):
-    """Two differently augmented views of `count` real crops, values 0..255, NCHW."""
+@pytest.fixture(scope="module")
+def crops(prepared):
+    """16 real aligned crops, values 0..255, NCHW."""
+    faces = load_face_array([prepared], progress=False).crops[:16]
+    return torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2)
+
+
+def real_views(batch, seed=0):
+    """Two differently augmented views of a batch of crops."""
     from faceverify.train.augment import AugmentConfig, augment
 
-    crops = load_face_array([prepared], progress=False).crops[:count]
-    batch = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
     generator = torch.Generator().manual_seed(seed)
     strong = AugmentConfig(crop_area=0.3, grayscale=0.2, blur=0.5)
     return [augment(batch, strong, generator), augment(batch, strong, generator)]
@@ -72,11 +77,11 @@ def moco(queue_size=48, momentum=0.9):
     return MoCo(Embedder("resnet18-half-fast", 64), cfg)
 
 
-def test_momentum_encoder_gets_no_gradients_and_follows_the_query_encoder(prepared):
+def test_momentum_encoder_gets_no_gradients_and_follows_the_query_encoder(crops):
     method = moco(momentum=0.9)
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
     keys_before = [p.detach().clone() for p in method.key_encoder.parameters()]
-    loss, _ = method(real_views(prepared), torch.arange(16), torch.autocast("cpu", enabled=False))
+    loss, _ = method(real_views(crops), torch.arange(16), torch.autocast("cpu", enabled=False))
     loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in method.key_encoder.parameters())
     assert all(p.grad is not None for p in method.projector.parameters())
@@ -88,16 +93,16 @@ def test_momentum_encoder_gets_no_gradients_and_follows_the_query_encoder(prepar
     assert any(not torch.equal(k, q) for k, q in zip(method.key_encoder.parameters(), queries))
 
 
-def test_queue_rotates_and_survives_a_state_dict_round_trip(prepared):
+def test_queue_rotates_and_survives_a_state_dict_round_trip(crops):
     method = moco(queue_size=48)
     autocast = torch.autocast("cpu", enabled=False)
     memory = method.queue
     for step in range(3):
-        method(real_views(prepared, seed=step), torch.arange(16) + 16 * step, autocast)
+        method(real_views(crops, seed=step), torch.arange(16) + 16 * step, autocast)
         assert memory.queue_idx == (16 * (step + 1)) % 48
     assert memory.has_been_filled
     oldest = memory.embedding_memory.clone()
-    method(real_views(prepared, seed=3), torch.arange(16) + 1000, autocast)
+    method(real_views(crops, seed=3), torch.arange(16) + 1000, autocast)
     assert memory.queue_idx == 16
     assert not torch.equal(memory.embedding_memory[:16], oldest[:16])  # the oldest keys went out
     assert torch.equal(memory.embedding_memory[16:], oldest[16:])  # the rest stayed

@@ -75,14 +75,21 @@ class Supervised(Method):
         return self.objective(self.embed(views[0], autocast), labels)
 
 
-class SimCLR(Method):
-    """Both views through one encoder + projection head; NT-Xent over the 2N projections."""
+class Pretraining(Method):
+    """Self-supervised: two views of each image, compared through a projection head."""
 
     views = 2
 
     def __init__(self, model: nn.Module, cfg: PretrainConfig, channels_last: bool = False):
         super().__init__(model, channels_last)
         self.projector = ProjectionHead(model.embedding_dim, cfg.projection_hidden, cfg.projection_dim)
+
+
+class SimCLR(Pretraining):
+    """Both views through one encoder + projection head; NT-Xent over the 2N projections."""
+
+    def __init__(self, model: nn.Module, cfg: PretrainConfig, channels_last: bool = False):
+        super().__init__(model, cfg, channels_last)
         self.loss = losses.NTXentLoss(temperature=cfg.temperature)
 
     def forward(self, views, labels, autocast):
@@ -92,16 +99,13 @@ class SimCLR(Method):
         return loss, view_stats(first.detach(), second.detach())
 
 
-class MoCo(Method):
+class MoCo(Pretraining):
     """Query encoder (trained) + key encoder (its exponential moving average, never trained by
     gradients); each step's keys join a fixed-size queue whose older keys are the negatives."""
 
-    views = 2
-
     def __init__(self, model: nn.Module, cfg: PretrainConfig, channels_last: bool = False):
-        super().__init__(model, channels_last)
+        super().__init__(model, cfg, channels_last)
         self.momentum = cfg.momentum
-        self.projector = ProjectionHead(model.embedding_dim, cfg.projection_hidden, cfg.projection_dim)
         self.key_encoder = nn.Sequential(copy.deepcopy(model), copy.deepcopy(self.projector))
         self.key_encoder.requires_grad_(False)
         # labels are image indices: a query's positive is its own key (and any older key of the
