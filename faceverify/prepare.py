@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from .data import Sample, load_samples
@@ -20,7 +21,9 @@ from .errors import FaceVerifyError
 from .images import load_rgb
 from .verifier import find_and_align
 
-MANIFEST_FIELDS = ["path", "identity", "split", "source", "score"]
+#: `box` (x1 y1 x2 y2) and `landmarks` (x y × 5) locate the chosen face in the source photo, so that
+#: a distillation teacher with its own alignment embeds exactly the face the crop shows.
+MANIFEST_FIELDS = ["path", "identity", "split", "source", "score", "box", "landmarks"]
 FAILURE_FIELDS = ["source", "identity", "reason"]
 
 
@@ -79,7 +82,7 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
                 cv2.imwrite(str(out_path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
                 manifest.write([out_key, sample.identity, sample.split, sample.key,
-                                f"{face.score:.4f}"])
+                                f"{face.score:.4f}", _numbers(face.box), _numbers(face.landmarks)])
                 report.aligned += 1
             bar.update(len(batches[index]))
             bar.set_postfix(failed=report.failed)
@@ -105,6 +108,10 @@ def _refuse_to_overwrite_sources(samples: list[Sample], dest: Path) -> None:
         if (dest / output_key(sample)).resolve() in sources:
             raise FaceVerifyError(f"{dest}: preparing here would overwrite source images "
                                   f"(e.g. {sample.path}); choose another destination")
+
+
+def _numbers(values: np.ndarray) -> str:
+    return " ".join(f"{v:.2f}" for v in np.asarray(values).ravel())
 
 
 def _decode_batch(batch: list[Sample]) -> dict:

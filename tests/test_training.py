@@ -78,10 +78,11 @@ def run_training(out_dir, prepared, *extra, launcher=(sys.executable,)):
             "data.p=8", "data.k=4", "optim.time_budget_min=0", "eval.pairs=null", "log_every=1", *extra]
 
 
-def test_killed_run_resumes_where_it_stopped(tmp_path, prepared):
-    args = run_training(tmp_path, prepared, "optim.steps=60", "checkpoint_every=10")
+def kill_and_resume(out_dir, args, total: int, every: int = 10) -> None:
+    """SIGKILL a training run once it has checkpointed, resume it, and check it finishes exactly
+    the steps it had left."""
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / "state.pt"
+    state = out_dir / "state.pt"
     deadline = time.time() + 240
     while not state.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -91,14 +92,18 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, prepared):
     import torch
 
     saved = torch.load(state, weights_only=True)["step"]
-    assert 10 <= saved < 60 and saved % 10 == 0
+    assert every <= saved < total and saved % every == 0
     done = subprocess.run([*args[:2], "--resume", *args[2:]], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 60
-    with open(tmp_path / "history.jsonl") as fh:
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == total
+    with open(out_dir / "history.jsonl") as fh:
         steps = [r["step"] for r in map(json.loads, fh) if "loss" in r]
     resumed = steps[steps.index(saved + 1, 1):] if steps.count(saved + 1) > 1 else steps[steps.index(saved) + 1:]
-    assert resumed[0] == saved + 1 and resumed[-1] == 60
+    assert resumed[0] == saved + 1 and resumed[-1] == total
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path, prepared):
+    kill_and_resume(tmp_path, run_training(tmp_path, prepared, "optim.steps=60", "checkpoint_every=10"), total=60)
 
 
 def test_sigterm_checkpoints_and_stops(tmp_path, prepared):
@@ -137,3 +142,16 @@ def test_ddp_two_processes_with_gloo(tmp_path, prepared, mode):
 
         state = torch.load(tmp_path / "state.pt", weights_only=True)["method"]
         assert state["_extra_state"]["queue_idx"] == 4 * 2 * 16  # 4 steps × 2 ranks × 16 keys
+
+
+def test_frozen_stages_stay_fixed_while_later_ones_learn(tmp_path, prepared):
+    import torch
+
+    trainer = Trainer(config(tmp_path, prepared, "optim.steps=3", "model.frozen_stages=2"), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen = ("trunk.stem.", "trunk.stages.0.", "trunk.stages.1.")
+    assert not any(k.startswith(frozen) for k in changed)  # weights and batch-norm statistics
+    assert any(k.startswith("trunk.stages.3.") for k in changed) and any(k.startswith("head.") for k in changed)

@@ -9,6 +9,7 @@ import yaml
 
 from ..losses import ObjectiveConfig
 from .augment import AugmentConfig
+from .distill import DistillConfig
 from .methods import PretrainConfig
 
 
@@ -27,6 +28,7 @@ class ModelConfig:
     arch: str = "resnet18-half"
     embedding_dim: int = 512
     dropout: float = 0.0
+    frozen_stages: int = 0  # > 0: stem + this many residual stages stay fixed (cheap fine-tuning)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ssl: PretrainConfig = field(default_factory=PretrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:

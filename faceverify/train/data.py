@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -19,15 +19,19 @@ from tqdm import tqdm
 
 from ..align import ALIGNED_SIZE
 from ..data import load_samples
+from ..errors import FaceVerifyError
+from .teachers import TEACHERS_DIR, load_teacher_parts
 
 
 @dataclass
 class FaceArray:
-    """crops (N, 112, 112, 3) uint8 RGB, labels (N,) int64, identity names by label."""
+    """crops (N, 112, 112, 3) uint8 RGB, labels (N,) int64, identity names by label, and per
+    distillation teacher its (N, dim) float16 embeddings (NaN rows where it has none)."""
 
     crops: np.ndarray
     labels: np.ndarray
     identities: list[str]
+    teachers: dict[str, np.ndarray] = field(default_factory=dict)
 
     def summary(self) -> dict:
         counts = np.bincount(self.labels)
@@ -36,8 +40,10 @@ class FaceArray:
 
 
 def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = None,
-                    min_images: int = 2, split: str = "train", progress: bool = True) -> FaceArray:
-    """Crops and labels of the `split` rows of prepared `datasets`, identities with ≥ `min_images`.
+                    min_images: int = 2, split: str = "train", progress: bool = True,
+                    teachers: list[str] = ()) -> FaceArray:
+    """Crops and labels of the `split` rows of prepared `datasets`, identities with ≥ `min_images`,
+    and the embeddings `teachers` computed for them (`training/teacher_embed.py`).
 
     A dataset is a `prepare` output folder, or a `.npz` pack written by `pack_face_array` (whose
     identity names already carry their dataset prefix).
@@ -45,6 +51,9 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
     sources, keys, names = [], [], []
     for dataset in datasets:
         if str(dataset).endswith(".npz"):
+            if teachers:
+                raise FaceVerifyError(f"{dataset}: teacher embeddings live beside prepared "
+                                      "folders; distil from those, not from packs")
             with np.load(dataset, allow_pickle=False) as pack:
                 blob, offsets = pack["blob"], pack["offsets"]
                 sources += [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
@@ -62,7 +71,26 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
     keep = np.flatnonzero(counts[labels] >= min_images)
     identities, labels = np.unique(names_arr[keep], return_inverse=True)
     crops = _cached_crops([sources[i] for i in keep], [keys[i] for i in keep], cache_dir, progress)
-    return FaceArray(crops, labels.astype(np.int64), identities.tolist())
+    targets = {name: _teacher_targets(datasets, name, [keys[i] for i in keep]) for name in teachers}
+    return FaceArray(crops, labels.astype(np.int64), identities.tolist(), targets)
+
+
+def _teacher_targets(datasets: list, teacher: str, keys: list[str]) -> np.ndarray:
+    """(len(keys), dim) float16 embeddings of `teacher` for crops keyed by path; NaN where none."""
+    found = {}
+    for dataset in datasets:
+        folder = Path(dataset).parent if str(dataset).endswith(".csv") else Path(dataset)
+        part_keys, vectors = load_teacher_parts(folder / TEACHERS_DIR / teacher)
+        found.update((str(folder / key), vector) for key, vector in zip(part_keys, vectors))
+    if not found:
+        raise FaceVerifyError(f"no {teacher} teacher embeddings in {[str(d) for d in datasets]}: "
+                              "run training/teacher_embed.py first")
+    dim = len(next(iter(found.values())))
+    targets = np.full((len(keys), dim), np.nan, np.float16)
+    for row, key in enumerate(keys):
+        if key in found:
+            targets[row] = found[key]
+    return targets
 
 
 def pack_face_array(faces: FaceArray, out_prefix: str | Path, max_bytes: int = 56 << 20,

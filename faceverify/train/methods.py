@@ -7,8 +7,9 @@ positive pair, every other image is a negative. Both put a projection head on th
 pytorch-metric-learning: NT-Xent for SimCLR, and for MoCo the same loss against a
 `CrossBatchMemory` that keeps momentum-encoder keys as a queue of negatives (InfoNCE).
 
-A method is called as `method(views, labels, autocast) -> (loss, stats)`; `after_step()` runs once
-the optimiser has stepped (MoCo's momentum update).
+A method is called as `method(views, labels, autocast, targets) -> (loss, stats)`, `targets` being
+the batch's teacher embeddings by teacher name (empty unless distilling: `Supervised` adds a
+`Distillation` term); `after_step()` runs once the optimiser has stepped (MoCo's momentum update).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pytorch_metric_learning import losses
 from torch import nn
 
 from ..losses import Objective
+from .distill import Distillation
 
 MODES = ("supervised", "simclr", "moco")
 
@@ -65,14 +67,23 @@ class Method(nn.Module):
 
 
 class Supervised(Method):
-    """Embedder + identity objective as one module, so DDP synchronises both (arcface has weights)."""
+    """Embedder + identity objective (+ distillation projectors) as one module, so DDP
+    synchronises all of them (arcface and the projectors have weights)."""
 
-    def __init__(self, model: nn.Module, objective: Objective, channels_last: bool = False):
+    def __init__(self, model: nn.Module, objective: Objective, channels_last: bool = False,
+                 distillation: Distillation | None = None):
         super().__init__(model, channels_last)
-        self.objective = objective
+        self.objective, self.distillation = objective, distillation
 
-    def forward(self, views, labels, autocast):
-        return self.objective(self.embed(views[0], autocast), labels)
+    def forward(self, views, labels, autocast, targets=None):
+        embeddings = self.embed(views[0], autocast)
+        loss, stats = self.objective(embeddings, labels)
+        if self.distillation is not None:
+            stats["supervised_loss"] = loss.detach()
+            extra, distill_stats = self.distillation(embeddings, targets)
+            loss = loss + extra
+            stats.update(distill_stats)
+        return loss, stats
 
 
 class Pretraining(Method):
@@ -92,7 +103,7 @@ class SimCLR(Pretraining):
         super().__init__(model, cfg, channels_last)
         self.loss = losses.NTXentLoss(temperature=cfg.temperature)
 
-    def forward(self, views, labels, autocast):
+    def forward(self, views, labels, autocast, targets=None):
         projections = self.projector(self.embed(torch.cat(views), autocast)).float()
         first, second = projections.chunk(2)
         loss = self.loss(projections, torch.cat([labels, labels]))
@@ -113,7 +124,7 @@ class MoCo(Pretraining):
         self.queue = losses.CrossBatchMemory(losses.NTXentLoss(temperature=cfg.temperature),
                                              cfg.projection_dim, memory_size=cfg.queue_size)
 
-    def forward(self, views, labels, autocast):
+    def forward(self, views, labels, autocast, targets=None):
         queries = self.projector(self.embed(views[0], autocast)).float()
         with torch.no_grad(), autocast:
             keys = self.key_encoder(views[1]).float()
@@ -159,9 +170,11 @@ def view_stats(first: torch.Tensor, second: torch.Tensor) -> dict:
 
 
 def build_method(mode: str, model: nn.Module, objective: Objective | None, cfg: PretrainConfig,
-                 channels_last: bool = False) -> Method:
+                 channels_last: bool = False, distillation: Distillation | None = None) -> Method:
     if mode not in MODES:
         raise ValueError(f"unknown training mode {mode!r}; choose one of {MODES}")
+    if distillation is not None and mode != "supervised":
+        raise ValueError("distillation combines with a supervised objective, not with pretraining")
     if mode == "supervised":
-        return Supervised(model, objective, channels_last)
+        return Supervised(model, objective, channels_last, distillation)
     return (SimCLR if mode == "simclr" else MoCo)(model, cfg, channels_last)

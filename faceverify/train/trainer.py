@@ -32,7 +32,9 @@ from ..sampling import PKBatches, RandomBatches
 from .augment import augment
 from .config import TrainConfig
 from .data import load_face_array
+from .distill import Distillation
 from .methods import build_method
+from .teachers import TEACHER_FACTORIES
 
 STATE_FILE = "state.pt"  # everything needed to resume
 BEST_FILE = "best.pt"  # best dev accuracy so far, inference checkpoint with metadata
@@ -52,7 +54,8 @@ class Trainer:
         self.supervised = cfg.mode == "supervised"
         self.data = load_face_array(cfg.data.datasets, cfg.data.cache_dir,
                                     cfg.data.min_images if self.supervised else 1,
-                                    progress=progress and self.is_main)
+                                    progress=progress and self.is_main, teachers=cfg.distill.teachers)
+        self.targets = {name: torch.from_numpy(array) for name, array in self.data.teachers.items()}
         images = len(self.data.labels)
         if self.supervised:
             per_rank = max(1, images // (cfg.data.p * cfg.data.k * self.world))
@@ -67,13 +70,17 @@ class Trainer:
 
         self.model = Embedder(cfg.model.arch, cfg.model.embedding_dim, cfg.model.dropout)
         self.initialised_from = _init_from(self.model, cfg.init_from) if cfg.init_from else None
+        self.frozen = _freeze(self.model, cfg.model.frozen_stages)
         self.model = self.model.to(self.device)
         if cfg.optim.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         objective = (build_objective(cfg.objective, cfg.model.embedding_dim, len(self.data.identities))
                      if self.supervised else None)
+        distillation = (Distillation(cfg.model.embedding_dim,
+                                     {name: t.shape[1] for name, t in self.targets.items()}, cfg.distill)
+                        if self.targets else None)
         self.step_module = build_method(cfg.mode, self.model, objective, cfg.ssl,
-                                        cfg.optim.channels_last).to(self.device)
+                                        cfg.optim.channels_last, distillation).to(self.device)
         if cfg.optim.compile:
             self.step_module.model = torch.compile(self.model)
         # MoCo's key encoder is frozen (it follows by EMA): the optimiser never sees it
@@ -110,7 +117,7 @@ class Trainer:
         bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.progress and self.is_main))
         started, seen, elapsed_before = time.time(), 0, self.elapsed
-        self.model.train()
+        self._train_mode()
         try:
             while not self._done() and not self._stop_requested:
                 for indices in self.batches.epoch(self.epoch, skip=self.batch_in_epoch):
@@ -120,7 +127,8 @@ class Trainer:
                     views = [augment(images, cfg.augment, generator)
                              for _ in range(self.step_module.views)]
                     lr = self._set_learning_rate()
-                    loss, stats = self.ddp(views, labels, autocast)
+                    targets = {name: t[indices].to(self.device) for name, t in self.targets.items()}
+                    loss, stats = self.ddp(views, labels, autocast, targets)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
                     self.scaler.unscale_(self.optimizer)
@@ -157,6 +165,12 @@ class Trainer:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         return summary
+
+    def _train_mode(self) -> None:
+        """Training mode, except frozen stages: their batch-norm statistics stay as loaded."""
+        self.model.train()
+        for module in self.frozen:
+            module.eval()
 
     def _batch(self, indices: np.ndarray) -> torch.Tensor:
         """(B, 3, 112, 112) uint8 crops on the training device."""
@@ -245,7 +259,7 @@ class Trainer:
             scores, valid = self.eval_pairs.scores(embedder)
             return scores, self.eval_pairs.same, self.eval_pairs.folds, valid
         finally:
-            self.model.train()
+            self._train_mode()
 
     def _evaluate(self, writer) -> None:
         dev = self._dev_scores()
@@ -266,6 +280,9 @@ class Trainer:
                   if self.supervised else
                   {"pretraining": cfg.ssl.__dict__, "batch": {"images": cfg.ssl.batch_size,
                                                               "world_size": self.world}})
+        if self.targets:
+            method["distillation"] = {**cfg.distill.__dict__, "licences": {
+                name: TEACHER_FACTORIES[name].licence for name in self.targets}}
         return {"data": {"datasets": [Path(d).name for d in cfg.data.datasets], **self.data.summary()},
                 "mode": cfg.mode, "init_from": self.initialised_from, **method,
                 "optim": cfg.optim.__dict__,
@@ -317,6 +334,17 @@ def _init_from(model: Embedder, path: str) -> dict:
     model.load_state_dict(pretrained.state_dict())
     return {"file": Path(path).name, "weights_sha256": metadata["weights_sha256"],
             "mode": metadata["training"].get("mode", "supervised")}
+
+
+def _freeze(model: Embedder, stages: int) -> list[nn.Module]:
+    """Fix the stem and the first `stages` residual stages (fine-tuning: a step then back-propagates
+    through the later stages only); returns the frozen modules."""
+    if not 0 <= stages <= len(model.trunk.stages):
+        raise ValueError(f"model.frozen_stages must be 0..{len(model.trunk.stages)}, got {stages}")
+    frozen = [model.trunk.stem, *model.trunk.stages[:stages]] if stages else []
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
 
 
 def _device(name: str, local_rank: int) -> torch.device:

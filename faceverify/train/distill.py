@@ -1,0 +1,75 @@
+"""Knowledge distillation from teacher embeddings, added to any supervised objective.
+
+Two terms per teacher, each with its weight in the config:
+- **cosine**: the student's embedding, through a linear projector used only in training (one per
+  teacher, so teachers of any dimension fit), should point where the teacher's embedding points:
+  `1 − cos(P·s, t)`.
+- **relational**: the batch's pairwise student similarities should order and space pairs as the
+  teacher's do: `1 − Pearson correlation` of the two sets of off-diagonal cosines. Correlation, not
+  squared error, because teachers live on other cosine scales (dlib's impostor pairs score ~0.8,
+  ours ~0.1) and only the relative geometry should transfer.
+
+Faces a teacher has no embedding for carry NaN targets and are left out of that teacher's terms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DistillConfig:
+    teachers: list = field(default_factory=list)  # e.g. [dlib]: DATASET/teachers/<name>/ targets
+    weight: float = 1.0  # cosine term, per teacher
+    relation_weight: float = 0.0  # relational term, per teacher
+
+
+class Distillation(nn.Module):
+    """`forward(student, targets) -> (loss, stats)`; `targets` maps teacher name → (B, dim) with
+    NaN rows for faces that teacher did not embed."""
+
+    def __init__(self, student_dim: int, teacher_dims: dict[str, int], cfg: DistillConfig):
+        super().__init__()
+        self.weight, self.relation_weight = cfg.weight, cfg.relation_weight
+        self.projectors = nn.ModuleDict({name: nn.Linear(student_dim, dim, bias=False)
+                                         for name, dim in teacher_dims.items()})
+
+    def forward(self, student: torch.Tensor, targets: dict[str, torch.Tensor]):
+        student = student.float()
+        loss, stats = student.new_zeros(()), {}
+        for name, projector in self.projectors.items():
+            target = targets[name].float()
+            present = ~torch.isnan(target).any(dim=1)
+            if present.sum() < 2:
+                continue
+            s, t = student[present], target[present]
+            cosine = cosine_term(projector(s), t)
+            loss = loss + self.weight * cosine
+            stats[f"distill_{name}_cosine"] = cosine.detach()
+            if self.relation_weight:
+                relation = relation_term(s, t)
+                loss = loss + self.relation_weight * relation
+                stats[f"distill_{name}_relation"] = relation.detach()
+        return loss, stats
+
+
+def cosine_term(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean `1 − cos` between projected student and teacher embeddings."""
+    return (1.0 - F.cosine_similarity(projected, target, dim=1)).mean()
+
+
+def relation_term(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`1 − Pearson correlation` between the off-diagonal pairwise cosines of student and teacher."""
+    off_diagonal = ~torch.eye(len(student), dtype=torch.bool, device=student.device)
+    s = _cosine_matrix(student)[off_diagonal]
+    t = _cosine_matrix(target)[off_diagonal]
+    s, t = s - s.mean(), t - t.mean()
+    return 1.0 - (s * t).sum() / (s.norm() * t.norm()).clamp_min(1e-8)
+
+
+def _cosine_matrix(x: torch.Tensor) -> torch.Tensor:
+    x = F.normalize(x, dim=1)
+    return x @ x.T

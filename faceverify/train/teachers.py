@@ -1,0 +1,145 @@
+"""Distillation teachers: other face models whose embeddings become training targets.
+
+A teacher embeds a face *from the original photo* with its own alignment (never our 112×112 crop,
+which is framed for the student), located by the box and landmarks `prepare` recorded, so that
+teacher and student see the same face. `embed_prepared` runs a teacher over a prepared dataset and
+stores the vectors beside its crops, keyed by crop path, in atomically written parts: a killed run
+loses at most one part and a rerun continues. Teacher packages (dlib, ncnn) are an optional extra,
+`faceverify[distill]`, imported only when a teacher is built.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data import load_samples
+from ..detect import Face
+from ..errors import FaceVerifyError
+from ..images import load_rgb
+
+TEACHERS_DIR = "teachers"  # inside a prepared dataset: teachers/<name>/part-*.npz
+
+
+class Teacher(Protocol):
+    name: str
+    dim: int
+    licence: str  # what the teacher's weights allow; recorded in the student's metadata
+
+    def embed(self, photo: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """(len(faces), dim) L2-normalised embeddings of `faces` in one RGB uint8 `photo`."""
+
+
+class DlibTeacher:
+    """dlib's ResNet face model (`dlib_face_recognition_resnet_model_v1`, 128-d, public domain)
+    on chips aligned by its 5-point predictor (public domain; the 68-point one is not, so it is
+    never used). Model files come from the `face_recognition_models` package."""
+
+    name, dim = "dlib", 128
+    licence = "public domain (dlib_face_recognition_resnet_model_v1, shape_predictor_5_face_landmarks)"
+
+    def __init__(self):
+        try:
+            import dlib
+        except ImportError as exc:
+            raise FaceVerifyError(f"the dlib teacher needs `pip install 'faceverify[distill]'` ({exc})") from None
+        # the package's own __init__ needs pkg_resources, gone from current setuptools: find its
+        # files without importing it
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None:
+            raise FaceVerifyError("the dlib teacher needs `pip install 'faceverify[distill]'` "
+                                  "(no face_recognition_models)")
+        files = Path(spec.submodule_search_locations[0]) / "models"
+        self._dlib = dlib
+        self._landmarks = dlib.shape_predictor(str(files / "shape_predictor_5_face_landmarks.dat"))
+        self._model = dlib.face_recognition_model_v1(str(files / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def embed(self, photo: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        shapes = self._dlib.full_object_detections()
+        for face in faces:
+            shapes.append(self._landmarks(photo, dlib_rectangle(face, self._dlib)))
+        vectors = np.asarray(self._model.compute_face_descriptor(photo, shapes), np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def dlib_rectangle(face: Face, dlib):
+    """dlib's detectors frame a face as a square from the brows to the chin, tighter than MTCNN's
+    box (which reaches the hairline): a square on the MTCNN box's lower part gives the 5-point
+    predictor the framing it was trained on."""
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    side = 0.5 * ((x2 - x1) + (y2 - y1)) * 0.9
+    cx, cy = 0.5 * (x1 + x2), 0.5 * (y1 + y2) + 0.06 * (y2 - y1)
+    return dlib.rectangle(round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+
+
+TEACHER_FACTORIES = {"dlib": DlibTeacher}
+
+
+def build_teacher(name: str) -> Teacher:
+    if name not in TEACHER_FACTORIES:
+        raise FaceVerifyError(f"unknown teacher {name!r}; choose one of {sorted(TEACHER_FACTORIES)}")
+    return TEACHER_FACTORIES[name]()
+
+
+def face_from_manifest(row: dict) -> Face:
+    """The face `prepare` chose, from its manifest row (box and landmarks columns)."""
+    try:
+        box = np.array(row["box"].split(), np.float32)
+        landmarks = np.array(row["landmarks"].split(), np.float32).reshape(5, 2)
+    except (KeyError, AttributeError, ValueError):
+        raise FaceVerifyError("the prepared manifest has no face geometry (box, landmarks): "
+                              "prepare the dataset again with this version") from None
+    return Face(box, float(row.get("score") or 1.0), landmarks)
+
+
+def embed_prepared(source: str | Path, prepared: str | Path, teacher: Teacher, *,
+                   part_size: int = 512, progress: bool = True) -> int:
+    """Teacher embeddings of every crop of `prepared` (a `prepare` output of `source`) that has
+    none yet; returns how many were computed."""
+    prepared = Path(prepared)
+    photos = {sample.key: sample.path for sample in load_samples(source)}
+    with open(prepared / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = prepared / TEACHERS_DIR / teacher.name
+    out.mkdir(parents=True, exist_ok=True)
+    done = set(load_teacher_parts(out)[0])
+    todo = [row for row in rows if row["path"] not in done]
+    start = len(list(out.glob("part-*.npz")))
+    with ThreadPoolExecutor(max_workers=1) as pool, \
+            tqdm(total=len(todo), desc=f"teacher {teacher.name}", unit="face", disable=not progress) as bar:
+        parts = [todo[i:i + part_size] for i in range(0, len(todo), part_size)]
+        # decode the next part's photos in a thread while the teacher runs on this one
+        decode = lambda part: [load_rgb(photos[row["source"]]) for row in part]  # noqa: E731
+        pending = pool.submit(decode, parts[0]) if parts else None
+        for index, part in enumerate(parts):
+            images = pending.result()
+            if index + 1 < len(parts):
+                pending = pool.submit(decode, parts[index + 1])
+            vectors = np.empty((len(part), teacher.dim), np.float32)
+            for i, (row, image) in enumerate(zip(part, images)):
+                vectors[i] = teacher.embed(image, [face_from_manifest(row)])[0]
+                bar.update(1)
+            _save_part(out / f"part-{start + index:05d}.npz", [row["path"] for row in part], vectors)
+    return len(todo)
+
+
+def load_teacher_parts(folder: Path) -> tuple[list[str], np.ndarray]:
+    """(crop keys, (N, dim) embeddings) of every part a teacher pass has written to `folder`."""
+    keys, vectors = [], []
+    for part in sorted(Path(folder).glob("part-*.npz")):
+        with np.load(part, allow_pickle=False) as data:
+            keys += data["keys"].tolist()
+            vectors.append(data["embeddings"])
+    return keys, (np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
+
+
+def _save_part(path: Path, keys: list[str], vectors: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, keys=np.array(keys), embeddings=vectors.astype(np.float16))
+    os.replace(tmp, path)

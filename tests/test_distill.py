@@ -1,0 +1,171 @@
+"""Distillation: the loss terms against brute force, the dlib teacher pass on real photos (resumes
+after SIGKILL), and a student that learns from real teacher embeddings (its distillation loss
+falls; a killed distillation run resumes)."""
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from faceverify.train import Trainer, load_config
+from faceverify.train.distill import DistillConfig, Distillation, cosine_term, relation_term
+from faceverify.train.teachers import load_teacher_parts
+
+from .conftest import DATA, ROOT
+
+TEACHER_SCRIPT = str(ROOT / "training" / "teacher_embed.py")
+
+
+def test_cosine_term_is_one_minus_mean_cosine():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
+    expected = np.mean([1 - x @ y / np.linalg.norm(x) / np.linalg.norm(y) for x, y in zip(a, b)])
+    assert float(cosine_term(torch.tensor(a), torch.tensor(b))) == pytest.approx(expected, abs=1e-9)
+
+
+def test_relation_term_is_one_minus_correlation_of_pairwise_cosines():
+    rng = np.random.default_rng(2)
+    student, teacher = rng.normal(size=(9, 6)), rng.normal(size=(9, 4))
+
+    def cosines(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return [(x @ x.T)[i, j] for i in range(len(x)) for j in range(len(x)) if i != j]
+
+    expected = 1 - np.corrcoef(cosines(student), cosines(teacher))[0, 1]
+    got = float(relation_term(torch.tensor(student), torch.tensor(teacher)))
+    assert got == pytest.approx(expected, abs=1e-9)
+    # invariant to the teacher's cosine scale: only the relative geometry is taught
+    assert float(relation_term(torch.tensor(teacher), torch.tensor(teacher))) == pytest.approx(0, abs=1e-9)
+
+
+def test_faces_without_teacher_embedding_are_left_out():
+    torch.manual_seed(0)
+    distill = Distillation(8, {"a": 4, "b": 3}, DistillConfig(weight=1.0, relation_weight=0.5))
+    student = torch.randn(6, 8)
+    targets = {"a": torch.randn(6, 4), "b": torch.randn(6, 3)}
+    targets["a"][4:] = float("nan")  # teacher a never saw the last two faces
+    with torch.no_grad():
+        loss, stats = distill(student, targets)
+        a, b = distill.projectors["a"], distill.projectors["b"]
+        expected = {"distill_a_cosine": cosine_term(a(student[:4]), targets["a"][:4]),
+                    "distill_a_relation": relation_term(student[:4], targets["a"][:4]),
+                    "distill_b_cosine": cosine_term(b(student), targets["b"]),
+                    "distill_b_relation": relation_term(student, targets["b"])}
+    assert set(stats) == set(expected)
+    for key, value in expected.items():
+        assert float(stats[key]) == pytest.approx(float(value), abs=1e-6), key
+    total = sum(float(v) * (0.5 if "relation" in k else 1.0) for k, v in expected.items())
+    assert float(loss) == pytest.approx(total, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory, torch_detector):
+    """24 CelebA identities × 4 photos prepared, then embedded by the real dlib teacher (CLI)."""
+    pytest.importorskip("dlib", reason="the dlib teacher needs faceverify[distill]")
+    source = tmp_path_factory.mktemp("celeba-small")
+    with open(DATA / "celeba" / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_identity = {}
+    for row in rows:
+        by_identity.setdefault(row["identity"], []).append(row)
+    with open(source / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "identity", "split"])
+        for identity_rows in list(by_identity.values())[:24]:
+            for row in identity_rows[:4]:
+                writer.writerow([str(DATA / "celeba" / row["path"]), row["identity"], "train"])
+    from faceverify.prepare import prepare_dataset
+
+    dest = tmp_path_factory.mktemp("aligned-small") / "celeba"
+    prepare_dataset(source / "manifest.csv", dest, torch_detector, progress=False)
+    done = subprocess.run([sys.executable, TEACHER_SCRIPT, str(source / "manifest.csv"), str(dest),
+                           "--teacher", "dlib"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return source / "manifest.csv", dest
+
+
+def test_teacher_pass_embeds_every_crop_and_knows_people(taught):
+    _, dest = taught
+    keys, vectors = load_teacher_parts(dest / "teachers" / "dlib")
+    with open(dest / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(keys) == sorted(r["path"] for r in rows)
+    assert vectors.shape == (len(rows), 128)
+    np.testing.assert_allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1, atol=2e-3)
+    identity = {r["path"]: r["identity"] for r in rows}
+    sims = vectors.astype(np.float32) @ vectors.astype(np.float32).T
+    same = np.array([[identity[a] == identity[b] for b in keys] for a in keys])
+    off = ~np.eye(len(keys), dtype=bool)
+    # a real face model: photos of one person are far more alike than photos of two
+    assert sims[same & off].mean() > sims[~same].mean() + 0.08
+
+
+def test_teacher_pass_resumes_after_sigkill(taught, tmp_path):
+    source, dest = taught
+    import shutil
+
+    copy = tmp_path / "celeba"
+    shutil.copytree(dest, copy, ignore=shutil.ignore_patterns("teachers"))
+    args = [sys.executable, TEACHER_SCRIPT, str(source), str(copy), "--teacher", "dlib", "--part-size", "8"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = copy / "teachers" / "dlib"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("part-*.npz"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(load_teacher_parts(parts)[0])
+    assert 0 < before < 96
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith(f"{len(load_teacher_parts(dest / 'teachers' / 'dlib')[0]) - before} faces embedded")
+    keys, vectors = load_teacher_parts(parts)
+    reference = dict(zip(*load_teacher_parts(dest / "teachers" / "dlib")))
+    assert sorted(keys) == sorted(reference)  # every crop once, none twice
+    for key, vector in zip(keys, vectors):
+        np.testing.assert_allclose(vector, reference[key], atol=2e-3)
+
+
+def distill_config(tmp_path, dest, *overrides):
+    return load_config(ROOT / "training" / "configs" / "cpu.yaml", [
+        f"out_dir={tmp_path}", f"data.datasets=[{dest}]", "model.arch=resnet18-half-fast",
+        "model.embedding_dim=64", "data.p=8", "data.k=4", "optim.time_budget_min=0",
+        "optim.warmup_steps=3", "log_every=1", "eval.pairs=null", "objective.name=supcon",
+        "distill.teachers=[dlib]", "distill.relation_weight=1.0", *overrides])
+
+
+def test_student_learns_from_real_teacher_embeddings(taught, tmp_path):
+    _, dest = taught
+    trainer = Trainer(distill_config(tmp_path, dest, "optim.steps=30"), progress=False)
+    assert set(trainer.targets) == {"dlib"} and not torch.isnan(trainer.targets["dlib"]).any()
+    batch = next(trainer.batches.epoch(0))
+    trainer.batches.epoch = lambda epoch, skip=0: iter([batch] * (30 - skip))
+    trainer.fit()
+    with open(tmp_path / "history.jsonl") as fh:
+        records = [r for r in map(json.loads, fh) if "loss" in r]
+    for term in ("distill_dlib_cosine", "distill_dlib_relation"):
+        history = [r[term] for r in records]
+        assert np.mean(history[-5:]) < 0.9 * np.mean(history[:5]), (term, history)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)["method"]
+    assert state["distillation.projectors.dlib.weight"].shape == (128, 64)
+    from faceverify.models import load_checkpoint
+
+    student, metadata = load_checkpoint(tmp_path / "final.pt")  # the embedder alone: no projector
+    assert "public domain" in metadata["training"]["distillation"]["licences"]["dlib"]
+    assert student.embedding_dim == 64
+
+
+def test_killed_distillation_run_resumes(taught, tmp_path):
+    from .test_training import kill_and_resume, run_training
+
+    _, dest = taught
+    kill_and_resume(tmp_path, run_training(tmp_path, dest, "optim.steps=40", "checkpoint_every=10",
+                                           "objective.name=supcon", "distill.teachers=[dlib]",
+                                           "distill.relation_weight=1.0"), total=40)
+    with open(tmp_path / "history.jsonl") as fh:
+        assert all("distill_dlib_cosine" in r for r in map(json.loads, fh) if "loss" in r)

@@ -1,0 +1,65 @@
+"""Teacher embeddings for distillation: `python training/teacher_embed.py SOURCE PREPARED --teacher dlib`.
+
+SOURCE is what `faceverify prepare` read (a manifest.csv or image folder), PREPARED its output.
+Writes PREPARED/teachers/<name>/part-*.npz; rerun after a kill to continue where it stopped.
+`--pairs FILE --root DIR` instead scores the teacher itself on a pairs protocol (its own
+alignment, faces found by our MTCNN), to check it before distilling from it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from faceverify.data import read_pairs  # noqa: E402
+from faceverify.detect import TorchMTCNN, select_face  # noqa: E402
+from faceverify.images import load_rgb  # noqa: E402
+from faceverify.metrics import cosine_scores, verification_report  # noqa: E402
+from faceverify.train.teachers import TEACHER_FACTORIES, build_teacher, embed_prepared  # noqa: E402
+
+
+def evaluate_teacher(teacher, pairs_file: str, root: str) -> dict:
+    pairs = read_pairs(pairs_file, root)
+    paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
+    detector = TorchMTCNN()
+    vectors = {}
+    for path in tqdm(paths, desc=f"teacher {teacher.name} on pairs", unit="img"):
+        image = load_rgb(path)
+        faces = detector.detect([image])[0]
+        if faces:
+            vectors[path] = teacher.embed(image, [select_face(faces, image.shape, "central")])[0]
+    valid = np.array([p.left in vectors and p.right in vectors for p in pairs])
+    zero = np.zeros(teacher.dim, np.float32)
+    scores = cosine_scores(np.stack([vectors.get(p.left, zero) for p in pairs]),
+                           np.stack([vectors.get(p.right, zero) for p in pairs]))
+    report = verification_report(scores, np.array([p.same for p in pairs]),
+                                 np.array([p.fold for p in pairs]), valid)
+    return report.to_dict()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", nargs="?", help="the dataset prepare read (manifest.csv or folder)")
+    parser.add_argument("prepared", nargs="?", help="prepare's output folder")
+    parser.add_argument("--teacher", default="dlib", choices=sorted(TEACHER_FACTORIES))
+    parser.add_argument("--part-size", type=int, default=512,
+                        help="faces per stored part: what a kill can lose at most")
+    parser.add_argument("--pairs", help="score the teacher on this pairs file instead")
+    parser.add_argument("--root", help="image root of --pairs")
+    args = parser.parse_args()
+    teacher = build_teacher(args.teacher)
+    if args.pairs:
+        print(json.dumps(evaluate_teacher(teacher, args.pairs, args.root), indent=2))
+    elif args.source and args.prepared:
+        print(f"{embed_prepared(args.source, args.prepared, teacher, part_size=args.part_size)} faces embedded")
+    else:
+        parser.error("give SOURCE PREPARED, or --pairs and --root")
+
+
+if __name__ == "__main__":
+    main()
