@@ -1,13 +1,16 @@
 """The web UI: a thin Gradio layer over `Verifier` and `Gallery`.
 
 Binds to 127.0.0.1 and never shares publicly unless asked; uploads are size-limited and requests
-queue with a concurrency limit. Every user mistake surfaces as a readable message (gr.Error),
-never a stack trace. Several faces in a photo are shown and the user picks one.
+queue with a concurrency limit. Uploads reach the library undecoded (`PhotoInput`), so its
+`load_rgb` checks the pixel count from the header before decoding and words every error; each user
+mistake surfaces as a readable message (never a stack trace, in the page or the console). Several
+faces in a photo are shown and the user picks one; every decision is the library's.
 """
 from __future__ import annotations
 
-import argparse
+import hashlib
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -18,20 +21,62 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from faceverify import FaceVerifyError, Verifier, load_rgb
+from faceverify.bundled import weights_dir
 from faceverify.gallery import Gallery
 from faceverify.metrics import far_at_threshold
-from faceverify.verifier import WEIGHTS_DIR, default_model_path
+from faceverify.verifier import default_model_path
+
+from .command import DEFAULT_GALLERY
 
 MAX_UPLOAD = "10mb"
 CONCURRENCY = 2
-MODEL_CARD = WEIGHTS_DIR / "MODEL_CARD.md"
+MODEL_CARD = weights_dir() / "MODEL_CARD.md"
+CROP_ZOOM = 2  # aligned 112×112 crops are shown at 224×224
+
+
+def user_error(message: str) -> gr.Error:
+    """A message for the user; the console gets no traceback for it (it is not a server fault)."""
+    return gr.Error(message, print_exception=False)
+
+
+class PhotoInput(gr.Image):
+    """`gr.Image` that hands the app the uploaded file's path without opening it: Gradio's own
+    preprocessing decodes first (a 144 MP JPEG becomes 432 MB before any check) and answers
+    unreadable files with its raw "Could not preprocess" message."""
+
+    def preprocess(self, payload):
+        if payload is None or payload.path is None:  # nothing, or an inline data: URL
+            return super().preprocess(payload)
+        return payload.path
+
+
+class OutputFiles:
+    """Result images as files named by their content, written atomically: Gradio rewrites an
+    array output in place into a cache file named by its hash, so two requests with identical
+    results raced (one truncating the file another was streaming: h11 "Too little data for
+    declared Content-Length"). A file that already exists is never written again."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="faceverify-ui-"))
+
+    def __call__(self, rgb: np.ndarray) -> str:
+        ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        data = encoded.tobytes()
+        path = self.folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        if not path.is_file():
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        return str(path)
 
 
 class FaceApp:
     """State shared by the tabs: one verifier, one gallery file (opened per request: thread-safe)."""
 
-    def __init__(self, verifier: Verifier, gallery_path: Path):
+    def __init__(self, verifier: Verifier, gallery_path: Path, outputs: OutputFiles | None = None):
         self.verifier, self.gallery_path = verifier, Path(gallery_path)
+        self.outputs = outputs or OutputFiles()
         self._lock = threading.Lock()  # one inference at a time on the shared model
         thresholds = verifier.metadata.get("thresholds", {})
         self.roc = thresholds.get("roc")
@@ -44,35 +89,35 @@ class FaceApp:
     def faces(self, image):
         """Every face of one uploaded image, largest first, or a readable error."""
         if image is None:
-            raise gr.Error("Upload or paste a photo first.")
+            raise user_error("Upload or paste a photo first.")
         with self._lock:
             try:
                 faces = self.verifier.all_faces(image)
-            except FaceVerifyError as exc:
-                raise gr.Error(str(exc)) from None
+            except FaceVerifyError as exc:  # name the photo as the user knows it, not by upload path
+                raise user_error(str(exc).replace(str(image), Path(image).name)) from None
         if not faces:
-            raise gr.Error("No face found in this photo: try a clearer, frontal photo.")
+            raise user_error("No face found in this photo: try a clearer, frontal photo.")
         return faces
 
     def verify(self, image_a, image_b, threshold, pick_a, pick_b):
-        results, notes = [], []
+        chosen, shown, notes = [], [], []
         for label, image, pick in (("A", image_a, pick_a), ("B", image_b, pick_b)):
             faces = self.faces(image)
             index = int(pick or 1)
             if index > len(faces):
-                raise gr.Error(f"Photo {label} has {len(faces)} face(s); choose 1 to {len(faces)}.")
+                raise user_error(f"Photo {label} has {len(faces)} face(s); choose 1 to {len(faces)}.")
             if len(faces) > 1:
                 notes.append(f"Photo {label} shows {len(faces)} faces (numbered largest first): "
                              f"comparing face {index}; change the choice below it to compare another.")
-            results.append((faces[index - 1], annotate(image, faces, index - 1)))
-        score = float(np.dot(results[0][0].embedding, results[1][0].embedding))
-        same = score >= threshold
-        verdict = (f"## {'Same person' if same else 'Different people'}\n"
-                   f"Similarity **{score:.3f}** {'≥' if same else '<'} threshold {threshold:.3f} "
-                   f"({self.threshold_meaning(threshold)}).")
+            chosen.append(faces[index - 1])
+            shown.append(self.outputs(annotate(image, faces, index - 1)))
+        result = self.verifier.compare(chosen[0], chosen[1], threshold)
+        verdict = (f"## {'Same person' if result.same else 'Different people'}\n"
+                   f"Similarity **{result.score:.3f}** {'≥' if result.same else '<'} threshold "
+                   f"{result.threshold:.3f} ({self.threshold_meaning(result.threshold)}).")
         if notes:
             verdict += "\n\n" + "\n\n".join(notes)
-        return verdict, results[0][1], results[1][1], [results[0][0].crop, results[1][0].crop]
+        return verdict, shown[0], shown[1], self.outputs(side_by_side([f.crop for f in chosen]))
 
     def threshold_meaning(self, threshold: float) -> str:
         if not self.roc:
@@ -84,29 +129,27 @@ class FaceApp:
         face = self.faces(image)[0]
         try:
             with self.gallery() as gallery, self._lock:
-                result = gallery.identify([face.crop], int(top_k))[0]
+                (result,) = gallery.identify_faces([face], int(top_k))
                 thumbs = [(gallery.thumbnail(name), f"{name}: {score:.3f}") for name, score in result.matches]
         except FaceVerifyError as exc:
-            raise gr.Error(str(exc)) from None
-        if isinstance(result, FaceVerifyError):
-            raise gr.Error(str(result))
+            raise user_error(str(exc)) from None
         headline = (f"## {result.name}\nscore {result.score:.3f} ≥ gallery threshold {result.threshold:.3f}"
                     if result.name else f"## Unknown\nbest match {result.matches[0][0]} scores "
                     f"{result.score:.3f} < gallery threshold {result.threshold:.3f}")
-        return headline, [(t, c) for t, c in thumbs if t is not None]
+        return headline, [(self.outputs(t), c) for t, c in thumbs if t is not None]
 
     # ---------------------------------------------------------------- enroll
     def enroll(self, name, files):
         if not name or not name.strip():
-            raise gr.Error("Give the person a name.")
+            raise user_error("Give the person a name.")
         if not files:
-            raise gr.Error("Add at least one photo.")
+            raise user_error("Add at least one photo.")
         paths = [f if isinstance(f, str) else f.name for f in files]
         try:
             with self.gallery() as gallery, self._lock:
                 report = gallery.enroll(name, paths, [Path(p).name for p in paths])
         except FaceVerifyError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(str(exc)) from None
         rows = [[Path(s).name, "added", ""] for s in report.added] + \
                [[Path(s).name, "rejected", why] for s, why in report.rejected]
         summary = f"{len(report.added)} photo(s) added to **{name.strip()}**, {len(report.rejected)} rejected."
@@ -123,7 +166,7 @@ class FaceApp:
             with self.gallery() as gallery:
                 gallery.remove(name)
         except FaceVerifyError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(str(exc)) from None
         return self.identity_rows()
 
     # ----------------------------------------------------------------- about
@@ -152,13 +195,23 @@ def annotate(image: np.ndarray, faces, chosen: int) -> np.ndarray:
     return canvas
 
 
+def side_by_side(crops: list[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Aligned crops next to each other, whole and enlarged, on a white background."""
+    size = crops[0].shape[0] * CROP_ZOOM
+    canvas = np.full((size, len(crops) * size + (len(crops) - 1) * gap, 3), 255, np.uint8)
+    for i, crop in enumerate(crops):
+        canvas[:, i * (size + gap):i * (size + gap) + size] = cv2.resize(
+            crop, (size, size), interpolation=cv2.INTER_NEAREST)
+    return canvas
+
+
 def build(app: FaceApp) -> gr.Blocks:
     with gr.Blocks(title="faceverify") as demo:
         gr.Markdown("# faceverify\nFace verification and identification, on this machine.")
         with gr.Tab("Verify"):
             with gr.Row():
-                image_a = gr.Image(label="Photo A", type="numpy", sources=["upload", "clipboard", "webcam"])
-                image_b = gr.Image(label="Photo B", type="numpy", sources=["upload", "clipboard", "webcam"])
+                image_a = PhotoInput(label="Photo A", type="filepath", sources=["upload", "clipboard", "webcam"])
+                image_b = PhotoInput(label="Photo B", type="filepath", sources=["upload", "clipboard", "webcam"])
             with gr.Row():
                 pick_a = gr.Number(label="Face in A (if several)", value=1, precision=0, minimum=1)
                 pick_b = gr.Number(label="Face in B (if several)", value=1, precision=0, minimum=1)
@@ -170,13 +223,13 @@ def build(app: FaceApp) -> gr.Blocks:
             with gr.Row():
                 shown_a = gr.Image(label="Faces found in A", interactive=False)
                 shown_b = gr.Image(label="Faces found in B", interactive=False)
-            crops = gr.Gallery(label="Aligned faces that were compared (112×112)", columns=2,
-                               height=180, object_fit="contain", preview=False)
+            crops = gr.Image(label="Aligned faces that were compared (112×112, shown ×2)",
+                             interactive=False, elem_id="aligned-crops")
             threshold.change(app.threshold_meaning, threshold, meaning, api_name=False)
             verify_button.click(app.verify, [image_a, image_b, threshold, pick_a, pick_b],
                                 [verdict, shown_a, shown_b, crops], api_name="verify")
         with gr.Tab("Identify"):
-            query = gr.Image(label="Who is this?", type="numpy", sources=["upload", "clipboard", "webcam"])
+            query = PhotoInput(label="Who is this?", type="filepath", sources=["upload", "clipboard", "webcam"])
             top_k = gr.Slider(1, 10, value=5, step=1, label="Matches to show")
             identify_button = gr.Button("Identify", variant="primary")
             answer = gr.Markdown()
@@ -200,31 +253,11 @@ def build(app: FaceApp) -> gr.Blocks:
     return demo
 
 
-def launch(model=None, gallery: Path = Path("gallery.db"), host: str = "127.0.0.1", port: int = 7860,
+def launch(model=None, gallery: Path = DEFAULT_GALLERY, host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, flip: bool = False) -> None:
     verifier = Verifier(model or default_model_path(), flip=flip)
-    demo = build(FaceApp(verifier, gallery))
+    outputs = OutputFiles()
+    demo = build(FaceApp(verifier, gallery, outputs))
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=32)
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD,
-                show_error=True)
-
-
-def add_serve_command(sub, model_args) -> None:
-    """Registers `faceverify serve` (entry point `faceverify.commands`)."""
-    parser = sub.add_parser("serve", help="the web UI (Gradio), on 127.0.0.1 unless told otherwise")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--gallery", type=Path, default=Path("gallery.db"))
-    parser.add_argument("--share", action="store_true", help="also open a public Gradio link")
-    model_args(parser)
-    parser.set_defaults(func=lambda args: launch(args.model, args.gallery, args.host, args.port,
-                                                 args.share, args.flip) or 0)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="faceverify web UI")
-    parser.add_argument("--model")
-    parser.add_argument("--gallery", type=Path, default=Path("gallery.db"))
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args()
-    launch(args.model, args.gallery, port=args.port)
+                show_error=True, allowed_paths=[str(outputs.folder)])

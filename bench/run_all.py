@@ -13,7 +13,7 @@ if __name__ == "__main__":
         orl = Path(tmp) / "orl"
         subprocess.run([sys.executable, "-m", "faceverify.cli", "prepare", str(DATA / "orl"), str(orl)],
                        check=True)
-        for script, args in [("bench_inference.py", []), ("bench_gallery.py", []),
+        for script, args in [("bench_cli.py", []), ("bench_inference.py", []), ("bench_gallery.py", []),
                              ("bench_training.py", [str(orl)])]:
             print(f"\n## {script}", flush=True)
             subprocess.run([sys.executable, str(HERE / script), *args], check=True)

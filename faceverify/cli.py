@@ -158,23 +158,47 @@ def cmd_identify(args) -> int:
     return EXIT_OK if any("error" not in r for r in rows) else EXIT_INPUT
 
 
+def _gallery_list(gallery, args) -> None:
+    for name, images, created in gallery.identities():
+        print(f"{name}\t{images} images\tenrolled {created}")
+
+
+def _gallery_rename(gallery, args) -> None:
+    gallery.rename(args.name, args.new_name)
+    print(f"renamed {args.name!r} -> {args.new_name!r}", file=sys.stderr)
+
+
+def _gallery_remove(gallery, args) -> None:
+    gallery.remove(args.name)
+    print(f"removed {args.name!r}", file=sys.stderr)
+
+
+def _gallery_remove_image(gallery, args) -> None:
+    gallery.remove_image(args.image_id)
+    print(f"removed image {args.image_id}", file=sys.stderr)
+
+
+#: gallery action → (what it does, the options it needs)
+GALLERY_ACTIONS = {
+    "list": (_gallery_list, ()),
+    "show": (lambda gallery, args: print(json.dumps(gallery.show(args.name), indent=2)), ("name",)),
+    "rename": (_gallery_rename, ("name", "new_name")),
+    "remove": (_gallery_remove, ("name",)),
+    "remove-image": (_gallery_remove_image, ("image_id",)),
+    "export": (lambda gallery, args: print(f"exported {gallery.export(args.file)} images -> {args.file}",
+                                           file=sys.stderr), ("file",)),
+    "import": (lambda gallery, args: print(f"imported {gallery.import_(args.file, args.reembed)} images",
+                                           file=sys.stderr), ("file",)),
+}
+
+
 def cmd_gallery(args) -> int:
-    with _gallery(args) as gallery:
-        if args.action == "list":
-            for name, images, created in gallery.identities():
-                print(f"{name}\t{images} images\tenrolled {created}")
-        elif args.action == "show":
-            print(json.dumps(gallery.show(args.name), indent=2))
-        elif args.action == "rename":
-            gallery.rename(args.name, args.new_name)
-        elif args.action == "remove":
-            gallery.remove(args.name)
-        elif args.action == "remove-image":
-            gallery.remove_image(args.image_id)
-        elif args.action == "export":
-            print(f"exported {gallery.export(args.file)} images -> {args.file}", file=sys.stderr)
-        elif args.action == "import":
-            print(f"imported {gallery.import_(args.file, args.reembed)} images", file=sys.stderr)
+    action, needed = GALLERY_ACTIONS[args.action]
+    missing = [f"--{option.replace('_', '-')}" for option in needed if getattr(args, option) is None]
+    if missing:
+        raise FaceVerifyError(f"gallery {args.action} needs {' and '.join(missing)}")
+    with _gallery(args, create=args.action == "import") as gallery:  # import may start a gallery
+        action(gallery, args)
     return EXIT_OK
 
 
@@ -272,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("gallery", help="list, show, rename, remove, export or import")
-    p.add_argument("action", choices=("list", "show", "rename", "remove", "remove-image", "export", "import"))
+    p.add_argument("action", choices=tuple(GALLERY_ACTIONS))
     p.add_argument("--name")
     p.add_argument("--new-name")
     p.add_argument("--image-id", type=int)

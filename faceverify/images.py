@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -53,7 +54,12 @@ def _decode(fh, name: str, max_pixels: int) -> np.ndarray:
                 _check_pixels(im.size, max_pixels, name)  # header only: nothing decoded yet
                 im.load()
                 return _pil_to_rgb(im)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL refuses at open, before our own check
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels[1]) / 1e6:.1f} MP" if pixels else "the image"
+        raise ImageTooLargeError(f"{name}: {size}, over the {max_pixels / 1e6:.0f} MP limit; "
+                                 "downscale it first") from None
+    except UnidentifiedImageError as exc:
         raise InvalidImageError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, InvalidImageError):

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .align import align_face
+from .bundled import weights_dir
 from .detect import Detector, Face, pad_for_detection, select_face, shift_face
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput, load_rgb
@@ -21,21 +22,22 @@ from .metrics import cosine_scores
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL_STEM = "faceverify-default"
 #: The metadata threshold `verify` decides with unless told otherwise.
 DEFAULT_OPERATING_POINT = "best_accuracy"
 
 
 def default_model_path() -> Path:
-    """`$FACEVERIFY_MODEL`, else the bundled model in weights/ (ONNX preferred over torch)."""
+    """`$FACEVERIFY_MODEL`, else the bundled model (ONNX preferred over torch) in the installed
+    package or the checkout's weights/ (see `bundled`)."""
     if os.environ.get("FACEVERIFY_MODEL"):
         return Path(os.environ["FACEVERIFY_MODEL"])
+    folder = weights_dir()
     for suffix in (".onnx", ".pt"):
-        candidate = WEIGHTS_DIR / (DEFAULT_MODEL_STEM + suffix)
+        candidate = folder / (DEFAULT_MODEL_STEM + suffix)
         if candidate.is_file():
             return candidate
-    raise ModelError(f"no bundled model in {WEIGHTS_DIR}; pass a model path or set FACEVERIFY_MODEL")
+    raise ModelError(f"no bundled model in {folder}; pass a model path or set FACEVERIFY_MODEL")
 
 
 @dataclass
@@ -146,6 +148,11 @@ class Verifier:
         for result in (first, second):
             if isinstance(result, FaceVerifyError):
                 raise result
+        return self.compare(first, second, threshold)
+
+    def compare(self, first: FaceEmbedding, second: FaceEmbedding,
+                threshold: float | None = None) -> VerificationResult:
+        """The decision for two faces already found and embedded (e.g. picked among several)."""
         score = float(cosine_scores(first.embedding, second.embedding))
         threshold = self.threshold() if threshold is None else float(threshold)
         return VerificationResult(score, score >= threshold, threshold, (first, second))

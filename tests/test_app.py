@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import BUNDLED, ROOT, lfw
+from .conftest import BUNDLED_ONNX, ROOT, lfw
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
@@ -21,14 +21,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server(str):
+    """The UI's URL, with its process and console log."""
+
+    proc: subprocess.Popen
+    log: "os.PathLike"
+
+    def peak_rss_mb(self) -> float:
+        status = open(f"/proc/{self.proc.pid}/status").read()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
-    gallery = tmp_path_factory.mktemp("ui") / "gallery.db"
+    folder = tmp_path_factory.mktemp("ui")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = folder / "console.log"
     proc = subprocess.Popen([sys.executable, "-m", "faceverify.cli", "serve", "--port", str(port),
-                             "--gallery", str(gallery), "--model", str(BUNDLED)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--gallery", str(folder / "gallery.db"), "--model", str(BUNDLED_ONNX)],
+                            cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -37,12 +49,14 @@ def server(tmp_path_factory):
             break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read()[-3000:]}")
+                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
             time.sleep(0.5)
     else:
         proc.kill()
         pytest.fail("server did not start in 180 s")
-    yield url
+    server = Server(url)
+    server.proc, server.log = proc, log
+    yield server
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -71,17 +85,62 @@ def test_verify_same_and_different(client):
     assert "Different people" in different[0]
 
 
-def test_readable_error_for_bad_input(client, tmp_path):
+def huge_image(path, size, mode="RGB"):
+    from PIL import Image
+
+    Image.new(mode, size, 128).save(path)
+    return path
+
+
+@pytest.mark.parametrize("make_bad,message", [
+    (lambda d: huge_image(d / "wall.png", (200, 200)), "No face found"),
+    (lambda d: (d / "notes.jpg").write_text("hello") and d / "notes.jpg", "^notes.jpg: not a readable image"),
+    (lambda d: huge_image(d / "big.jpg", (12000, 12000)), "^big.jpg: 12000x12000 is 144.0 MP, over the 40 MP limit"),
+    (lambda d: huge_image(d / "huge.png", (20000, 20000), "L"), "^huge.png: 400.0 MP, over the 40 MP limit"),
+], ids=["no-face", "text-file", "144MP-jpeg", "400MP-png"])
+def test_bad_input_gets_the_library_message_and_memory_stays_bounded(server, client, tmp_path, make_bad, message):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    noface = tmp_path / "wall.png"
-    from PIL import Image
-
-    Image.new("RGB", (200, 200), (90, 90, 90)).save(noface)
-    with pytest.raises(AppError, match="No face found"):
-        client.predict(handle_file(str(noface)), handle_file(str(lfw("Abdullah_Gul", 1))), 0.3, 1, 1,
+    bad = make_bad(tmp_path)
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(bad)), handle_file(str(lfw("Abdullah_Gul", 1))), 0.3, 1, 1,
                        api_name="/verify")
+    assert server.peak_rss_mb() < 1024  # nothing decoded the huge images before the check
+    assert "Traceback" not in server.log.read_text()  # a user's mistake is not a server fault
+
+
+def test_identical_requests_from_concurrent_clients(server):
+    """32 verify calls from 8 clients at once, all with the same photos: identical result images
+    used to be rewritten in place while another request streamed them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    def calls(_):
+        client = Client(server, verbose=False)
+        return [client.predict(handle_file(str(lfw("Abdullah_Gul", 1))), handle_file(str(lfw("Abdullah_Gul", 3))),
+                               0.3, 1, 1, api_name="/verify") for _ in range(4)]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [a for batch in pool.map(calls, range(8)) for a in batch]
+    assert len(answers) == 32 and all(a[0].startswith("## Same person") for a in answers)
+    assert all(os.path.getsize(path) > 1000 for a in answers for path in a[1:])
+    assert "Traceback" not in server.log.read_text() and "LocalProtocolError" not in server.log.read_text()
+
+
+def test_app_decides_through_the_library(verifier, tmp_path):
+    from faceverify_app.main import FaceApp, OutputFiles
+
+    app = FaceApp(verifier, tmp_path / "g.db", OutputFiles(tmp_path))
+    a, b = str(lfw("Abdullah_Gul", 1)), str(lfw("Alicia_Silverstone", 1))
+    verdict, shown_a, _, crops = app.verify(a, b, verifier.threshold(), 1, 1)
+    expected = verifier.verify(a, b)
+    assert f"**{expected.score:.3f}**" in verdict and verdict.startswith("## Different people") != expected.same
+    from faceverify import load_rgb
+
+    assert load_rgb(crops).shape == (224, 2 * 224 + 8, 3)  # both crops whole, enlarged
+    assert load_rgb(shown_a).shape == load_rgb(a).shape
 
 
 def test_enroll_then_identify(client):

@@ -51,7 +51,7 @@ def test_no_face_and_several_faces(tmp_path):
     both = np.concatenate([np.asarray(Image.open(SAME[0])), np.asarray(Image.open(OTHER))], axis=1)
     Image.fromarray(both).save(tmp_path / "two.jpg")
     done = faceverify("verify", SAME[0], tmp_path / "two.jpg")
-    assert done.returncode == 2 and "2 faces found" in done.stderr
+    assert done.returncode == 2 and "2 faces found" in done.stderr and "--face-policy" in done.stderr
     faceverify("verify", SAME[0], tmp_path / "two.jpg", "--face-policy", "largest", check_rc=0)
 
 
@@ -120,3 +120,38 @@ def test_unknown_model_file(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"garbage")
     done = faceverify("verify", *SAME, "--model", tmp_path / "m.pt")
     assert done.returncode == 2 and "not a faceverify checkpoint" in done.stderr
+
+
+def one_line_error(done, message: str) -> None:
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("faceverify: error:") and message in lines[0], lines
+
+
+def test_gallery_verbs_check_their_options_and_report(tmp_path):
+    gallery = tmp_path / "g.db"
+    model = ("--gallery", gallery, "--model", ROOT / "weights" / "faceverify-default.onnx")
+    faceverify("enroll", "--name", "Aaron", *SAME, *model, check_rc=0)
+    one_line_error(faceverify("gallery", "rename", "--name", "Aaron", *model), "rename needs --new-name")
+    one_line_error(faceverify("gallery", "show", *model), "show needs --name")
+    one_line_error(faceverify("gallery", "remove-image", *model), "remove-image needs --image-id")
+    one_line_error(faceverify("gallery", "rename", "--name", "Aaron", "--new-name", " ", *model), "empty name")
+    done = faceverify("gallery", "rename", "--name", "Aaron", "--new-name", "Aaron Peirsol", *model, check_rc=0)
+    assert "renamed 'Aaron' -> 'Aaron Peirsol'" in done.stderr
+    faceverify("gallery", "export", "--file", tmp_path / "g.npz", *model, check_rc=0)
+    # import may start a new gallery file
+    done = faceverify("gallery", "import", "--file", tmp_path / "g.npz", "--gallery", tmp_path / "new.db",
+                      "--model", ROOT / "weights" / "faceverify-default.onnx", check_rc=0)
+    assert "imported 2 images" in done.stderr
+    done = faceverify("gallery", "remove", "--name", "Aaron Peirsol", *model, check_rc=0)
+    assert "removed 'Aaron Peirsol'" in done.stderr
+    assert faceverify("gallery", "list", *model, check_rc=0).stdout == ""
+
+
+def test_serve_is_registered_and_help_needs_no_ui():
+    done = faceverify("--help", check_rc=0)
+    assert "serve" in done.stdout
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from faceverify.cli import build_parser; "
+                             "build_parser(); print(sorted(m for m in ('gradio', 'torch') if m in sys.modules))"],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

@@ -60,8 +60,8 @@ def select_face(faces: Sequence[Face], image_shape, policy: str = "single", name
     prominent = [f for f in by_area if f.area >= PROMINENT_AREA_RATIO * by_area[0].area]
     if len(prominent) > 1:
         raise MultipleFacesError(
-            f"{name}: {len(prominent)} faces found; crop the image or choose a policy "
-            "('largest' or 'central')", prominent)
+            f"{name}: {len(prominent)} faces found; crop the image or choose a face policy, "
+            "'largest' or 'central' (command line: --face-policy)", prominent)
     return by_area[0]
 
 

@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..bundled import weights_dir
 from .base import Face, faces_from_arrays, min_face_size, shrink_for_detection
 
-MTCNN_DIR = Path(__file__).resolve().parents[2] / "weights" / "mtcnn"
 MIN_FACE_SCORE = 0.9
 _NORM_SHIFT, _NORM_SCALE = 127.5, 0.0078125
 
@@ -23,12 +23,12 @@ _NORM_SHIFT, _NORM_SCALE = 127.5, 0.0078125
 class OnnxMTCNN:
     """Torch-free MTCNN with the same interface and defaults as `TorchMTCNN`."""
 
-    def __init__(self, model_dir: str | Path = MTCNN_DIR, providers: list[str] | None = None,
+    def __init__(self, model_dir: str | Path | None = None, providers: list[str] | None = None,
                  min_face_size: int = 20, min_face_fraction: float = 0.0,
                  min_score: float = MIN_FACE_SCORE, thresholds=(0.6, 0.7, 0.7), factor: float = 0.709):
         from ..runtime import create_session
 
-        model_dir = Path(model_dir)
+        model_dir = Path(model_dir) if model_dir is not None else weights_dir() / "mtcnn"
         self.pnet, self.rnet, self.onet = (create_session(model_dir / f"{n}.onnx", providers)
                                            for n in ("pnet", "rnet", "onet"))
         self.min_face_size, self.min_face_fraction = min_face_size, min_face_fraction

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..data import load_samples
 from ..errors import FaceVerifyError, GalleryError, ModelMismatchError
 from ..images import ImageInput, load_rgb
+from ..verifier import FaceEmbedding
 from .index import build_index
 from .store import GalleryStore
 
@@ -157,21 +158,26 @@ class Gallery:
     # -------------------------------------------------------- identification
     def identify(self, images: Sequence[ImageInput], top_k: int = 5) -> list:
         """Per image: an `Identification`, or the `FaceVerifyError` that prevented one."""
-        names, index = self._search_index()
-        results = self.verifier.analyze(images)
+        results = list(self.verifier.analyze(images))
         found = [i for i, r in enumerate(results) if not isinstance(r, FaceVerifyError)]
-        out = list(results)
-        if not found:
-            return out
+        for i, answer in zip(found, self.identify_faces([results[i] for i in found], top_k)):
+            results[i] = answer
+        return results
+
+    def identify_faces(self, faces: Sequence[FaceEmbedding], top_k: int = 5) -> list[Identification]:
+        """Identify faces already detected and embedded (e.g. one a user picked among several)."""
+        if not faces:
+            return []
+        names, index = self._search_index()
         if index is None:
             raise GalleryError(f"{self.store.path}: the gallery is empty; enroll someone first")
-        queries = np.stack([results[i].embedding for i in found])
-        scores, indices = index.search(queries, top_k)
-        for row, i in enumerate(found):
+        scores, indices = index.search(np.stack([face.embedding for face in faces]), top_k)
+        out = []
+        for row, face in enumerate(faces):
             matches = [(names[j], float(s)) for s, j in zip(scores[row], indices[row]) if j >= 0]
             best_name, best = matches[0]
-            out[i] = Identification(best_name if best >= self.threshold else None, best,
-                                    self.threshold, matches, results[i])
+            out.append(Identification(best_name if best >= self.threshold else None, best,
+                                      self.threshold, matches, face))
         return out
 
     def _search_index(self):

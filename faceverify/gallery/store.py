@@ -174,6 +174,8 @@ class GalleryStore:
         return identity
 
     def rename(self, old: str, new: str) -> None:
+        if not new or not new.strip():
+            raise GalleryError(f"cannot rename {old!r} to an empty name")
         with self.transaction() as db:
             if self.identity_id(old) is None:
                 raise GalleryError(f"no identity named {old!r}")
