@@ -16,7 +16,8 @@ from faceverify.detect import OnnxMTCNN, TorchMTCNN
 from faceverify.embed import TorchEmbedder
 from faceverify.images import load_rgb
 from faceverify.runtime import OnnxEmbedder
-from faceverify.verifier import Verifier, find_and_align
+from faceverify.detect import detect_and_align
+from faceverify.verifier import Verifier
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     photos = lfw_photos(64)
     images = [load_rgb(p) for p in photos]
     torch_detector, onnx_detector = TorchMTCNN(device="cpu"), OnnxMTCNN()
-    crops = np.stack([r[1] for r in find_and_align(images, torch_detector, "central", list(map(str, photos)))])
+    crops = np.stack([r.crop for r in detect_and_align(images, torch_detector, "central", list(map(str, photos)))])
     torch_embedder = TorchEmbedder.from_checkpoint(args.model + ".pt", "cpu")
     onnx_embedder = OnnxEmbedder(args.model + ".onnx")
 

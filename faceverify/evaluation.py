@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .align import ALIGNED_SIZE
 from .data import Pair
-from .detect import Detector
+from .detect import Detector, detect_and_align
 from .errors import FaceVerifyError
 from .metrics import cosine_scores
 
@@ -35,8 +35,6 @@ class AlignedPairs:
     @classmethod
     def build(cls, pairs: Sequence[Pair], detector: Detector, face_policy: str = "central",
               batch_size: int = 32, progress: bool = True) -> "AlignedPairs":
-        from .verifier import find_and_align
-
         paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
         index = {p: i for i, p in enumerate(paths)}
         crops = np.zeros((len(paths), ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
@@ -45,12 +43,12 @@ class AlignedPairs:
         with tqdm(total=len(paths), desc="detect+align", unit="img", disable=not progress) as bar:
             for start in range(0, len(paths), batch_size):
                 chunk = paths[start:start + batch_size]
-                found = find_and_align(chunk, detector, face_policy, [str(p) for p in chunk])
+                found = detect_and_align(chunk, detector, face_policy, [str(p) for p in chunk])
                 for offset, result in enumerate(found):
                     if isinstance(result, FaceVerifyError):
                         failures[str(chunk[offset])] = str(result)
                     else:
-                        crops[start + offset], ok[start + offset] = result[1], True
+                        crops[start + offset], ok[start + offset] = result.crop, True
                 bar.update(len(chunk))
         return cls(crops, ok, np.array([index[p.left] for p in pairs]),
                    np.array([index[p.right] for p in pairs]), np.array([p.same for p in pairs]),

@@ -16,10 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import Sample, load_samples
-from .detect import Detector
+from .detect import Detector, detect_and_align
 from .errors import FaceVerifyError
 from .images import load_rgb
-from .verifier import find_and_align
 
 #: `box` (x1 y1 x2 y2) and `landmarks` (x y × 5) locate the chosen face in the source photo, so that
 #: a distillation teacher with its own alignment embeds exactly the face the crop shows.
@@ -68,14 +67,14 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
                 failures.write([sample.key, sample.identity, reason])
                 report.failed += 1
             ok = decoded["ok"]
-            found = find_and_align([img for _, img in ok], detector, policy,
-                                   [sample.key for sample, _ in ok])
+            found = detect_and_align([img for _, img in ok], detector, policy,
+                                     [sample.key for sample, _ in ok])
             for (sample, _), result in zip(ok, found):
                 if isinstance(result, FaceVerifyError):
                     failures.write([sample.key, sample.identity, str(result)])
                     report.failed += 1
                     continue
-                face, crop, _ = result
+                face, crop = result.face, result.crop
                 out_key = output_key(sample)
                 out_path = dest / out_key
                 out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .align import align_face
 from .bundled import weights_dir
-from .detect import Detector, Face, pad_for_detection, select_face, shift_face
+from .detect import AlignedFace, Detector, align_all, detect_and_align, detect_faces
 from .errors import FaceVerifyError, ModelError
-from .images import ImageInput, load_rgb
+from .images import ImageInput
 from .metrics import cosine_scores
 
 log = logging.getLogger(__name__)
@@ -41,13 +40,10 @@ def default_model_path() -> Path:
 
 
 @dataclass
-class FaceEmbedding:
-    """One image's chosen face: detection, aligned crop (112×112×3 RGB) and embedding."""
+class FaceEmbedding(AlignedFace):
+    """A face that carries its embedding, so nothing downstream detects or embeds it again."""
 
-    face: Face
-    crop: np.ndarray
     embedding: np.ndarray
-    faces_found: int
 
 
 @dataclass
@@ -107,24 +103,25 @@ class Verifier:
                 face_policy: str | None = None) -> list[FaceEmbedding | FaceVerifyError]:
         """Per image, its chosen face and embedding, or the `FaceVerifyError` explaining why not."""
         names = list(names) if names is not None else [_describe(img, i) for i, img in enumerate(images)]
-        found = find_and_align(images, self.detector, face_policy or self.face_policy, names)
+        found = detect_and_align(images, self.detector, face_policy or self.face_policy, names)
+        ok = [i for i, r in enumerate(found) if isinstance(r, AlignedFace)]
         results: list = list(found)
-        ok = [i for i, r in enumerate(found) if not isinstance(r, FaceVerifyError)]
         if ok:
-            embeddings = self.embed_aligned(np.stack([found[i][1] for i in ok]))
+            embeddings = self.embed_aligned(np.stack([found[i].crop for i in ok]))
             for i, embedding in zip(ok, embeddings):
-                face, crop, count = found[i]
-                results[i] = FaceEmbedding(face, crop, embedding, count)
+                results[i] = FaceEmbedding(found[i].face, found[i].crop, found[i].faces_found, embedding)
         return results
 
     def all_faces(self, image: ImageInput) -> list[FaceEmbedding]:
         """Every face in one photo, largest first, each aligned and embedded (to let a user pick)."""
-        rgb = load_rgb(image)
-        faces = sorted(self.detector.detect([rgb])[0], key=lambda f: f.area, reverse=True)
+        (found,) = detect_faces([image], self.detector)
+        if isinstance(found, FaceVerifyError):
+            raise found
+        faces = align_all(found)
         if not faces:
             return []
-        crops = np.stack([align_face(rgb, f.landmarks) for f in faces])
-        return [FaceEmbedding(f, c, e, len(faces)) for f, c, e in zip(faces, crops, self.embed_aligned(crops))]
+        embeddings = self.embed_aligned(np.stack([f.crop for f in faces]))
+        return [FaceEmbedding(f.face, f.crop, f.faces_found, e) for f, e in zip(faces, embeddings)]
 
     def embed_aligned(self, crops: np.ndarray) -> np.ndarray:
         """Embeddings of aligned (N, 112, 112, 3) uint8 crops, with flip averaging if enabled."""
@@ -156,32 +153,6 @@ class Verifier:
         score = float(cosine_scores(first.embedding, second.embedding))
         threshold = self.threshold() if threshold is None else float(threshold)
         return VerificationResult(score, score >= threshold, threshold, (first, second))
-
-
-def find_and_align(images: Sequence[ImageInput], detector: Detector, face_policy: str,
-                   names: Sequence[str]) -> list:
-    """Per image: (chosen face, aligned crop, number of faces found) or the `FaceVerifyError`."""
-    results: list = [None] * len(images)
-    loaded = {}
-    for i, img in enumerate(images):
-        try:
-            loaded[i] = load_rgb(img)
-        except FaceVerifyError as exc:
-            results[i] = exc
-    order = list(loaded)
-    detections = dict(zip(order, detector.detect([loaded[i] for i in order]) if order else []))
-    retry = [i for i in order if not detections[i]]
-    if retry:  # tightly cropped faces (no margin) are found once the frame is padded
-        padded = [pad_for_detection(loaded[i]) for i in retry]
-        for i, (image, offset), faces in zip(retry, padded, detector.detect([p for p, _ in padded])):
-            detections[i] = [shift_face(f, -offset) for f in faces]
-    for i in order:
-        try:
-            face = select_face(detections[i], loaded[i].shape, face_policy, names[i])
-            results[i] = (face, align_face(loaded[i], face.landmarks), len(detections[i]))
-        except FaceVerifyError as exc:
-            results[i] = exc
-    return results
 
 
 def load_embedder(model: str | Path, device: str | None = None):

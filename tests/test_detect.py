@@ -5,7 +5,7 @@ import pytest
 from faceverify.detect import select_face
 from faceverify.errors import MultipleFacesError, NoFaceError
 from faceverify.images import load_rgb
-from faceverify.verifier import find_and_align
+from faceverify.detect import detect_and_align
 
 from .conftest import lfw
 
@@ -36,7 +36,7 @@ def test_landmarks_are_where_faces_have_them(torch_detector, photos):
 def test_no_face(torch_detector, rng):
     noise = rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)
     flat = np.full((120, 120, 3), 128, np.uint8)
-    results = find_and_align([noise, flat], torch_detector, "single", ["noise", "flat"])
+    results = detect_and_align([noise, flat], torch_detector, "single", ["noise", "flat"])
     assert all(isinstance(r, NoFaceError) for r in results)
     assert "noise: no face found" in str(results[0])
 
@@ -68,9 +68,9 @@ def test_tight_crop_found_after_padding(torch_detector, photos):
     face = select_face(torch_detector.detect([photos[0]])[0], (250, 250), "central")
     x1, y1, x2, y2 = face.box.astype(int)
     tight = np.ascontiguousarray(photos[0][y1 + 10:y2 - 5, x1 + 5:x2 - 5])
-    (result,) = find_and_align([tight], torch_detector, "single", ["tight"])
+    (result,) = detect_and_align([tight], torch_detector, "single", ["tight"])
     assert not isinstance(result, Exception), result
-    assert result[1].shape == (112, 112, 3)
+    assert result.crop.shape == (112, 112, 3)
 
 
 def test_huge_image_detected_on_a_downscaled_copy(torch_detector, photos):

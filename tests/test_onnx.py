@@ -22,9 +22,9 @@ PHOTOS = [lfw(n, i) for n, i in [("Aaron_Peirsol", 1), ("Abdullah_Gul", 3), ("Al
 
 @pytest.fixture(scope="module")
 def crops(torch_detector):
-    from faceverify.verifier import find_and_align
+    from faceverify.detect import detect_and_align
 
-    return np.stack([r[1] for r in find_and_align(PHOTOS, torch_detector, "central", list(map(str, PHOTOS)))])
+    return np.stack([r.crop for r in detect_and_align(PHOTOS, torch_detector, "central", list(map(str, PHOTOS)))])
 
 
 def test_export_parity_and_metadata(tmp_path, crops):

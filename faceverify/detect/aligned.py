@@ -1,0 +1,79 @@
+"""Detect → select → align, the step every caller shares (verifier, prepare, evaluation, bench).
+
+`detect_faces` loads each image and finds every face (padding the frame once where none was found:
+tightly cropped faces need a margin); `detect_and_align` then picks one face per image by policy
+and warps it with the one alignment function; `align_all` warps every face of one image. Results
+are `AlignedFace` objects (or the `FaceVerifyError` explaining why not), never bare tuples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..align import align_face
+from ..errors import FaceVerifyError
+from ..images import ImageInput, load_rgb
+from .base import Detector, Face, pad_for_detection, select_face, shift_face
+
+
+@dataclass
+class AlignedFace:
+    """One face of a photo: its detection, its aligned 112×112×3 RGB crop, and how many faces the
+    photo held."""
+
+    face: Face
+    crop: np.ndarray
+    faces_found: int
+
+
+@dataclass
+class DetectedImage:
+    """A decoded RGB photo and every face found in it, most confident first."""
+
+    image: np.ndarray
+    faces: list[Face]
+
+
+def detect_faces(images: Sequence[ImageInput], detector: Detector) -> list[DetectedImage | FaceVerifyError]:
+    """Per image: its pixels and faces, or the error that stopped decoding it."""
+    results: list = [None] * len(images)
+    loaded = {}
+    for i, img in enumerate(images):
+        try:
+            loaded[i] = load_rgb(img)
+        except FaceVerifyError as exc:
+            results[i] = exc
+    order = list(loaded)
+    detections = dict(zip(order, detector.detect([loaded[i] for i in order]) if order else []))
+    retry = [i for i in order if not detections[i]]
+    if retry:  # tightly cropped faces (no margin) are found once the frame is padded
+        padded = [pad_for_detection(loaded[i]) for i in retry]
+        for i, (_, offset), faces in zip(retry, padded, detector.detect([p for p, _ in padded])):
+            detections[i] = [shift_face(f, -offset) for f in faces]
+    for i in order:
+        results[i] = DetectedImage(loaded[i], detections[i])
+    return results
+
+
+def detect_and_align(images: Sequence[ImageInput], detector: Detector, face_policy: str,
+                     names: Sequence[str]) -> list[AlignedFace | FaceVerifyError]:
+    """Per image: the face `face_policy` picks (see `select_face`), aligned, or the error."""
+    results: list = []
+    for found, name in zip(detect_faces(images, detector), names):
+        if isinstance(found, FaceVerifyError):
+            results.append(found)
+            continue
+        try:
+            face = select_face(found.faces, found.image.shape, face_policy, name)
+            results.append(AlignedFace(face, align_face(found.image, face.landmarks), len(found.faces)))
+        except FaceVerifyError as exc:
+            results.append(exc)
+    return results
+
+
+def align_all(found: DetectedImage) -> list[AlignedFace]:
+    """Every face of one photo, largest first, aligned (to let a user pick one)."""
+    faces = sorted(found.faces, key=lambda f: f.area, reverse=True)
+    return [AlignedFace(f, align_face(found.image, f.landmarks), len(faces)) for f in faces]
