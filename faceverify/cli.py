@@ -63,25 +63,66 @@ def cmd_embed(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if bool(args.pairs) == bool(args.identities):
+        raise FaceVerifyError("give --pairs FILE --root DIR, or --identities MANIFEST [--split NAME]")
+    verifier = _verifier(args)
+    if args.identities:
+        return _evaluate_identities(args, verifier)
     from .data import read_pairs
     from .evaluation import AlignedPairs
     from .metrics import plot_roc, verification_report
 
-    pairs = read_pairs(args.pairs, args.root)
-    verifier = _verifier(args)
-    aligned = AlignedPairs.build(pairs, verifier.detector, args.face_policy, progress=not args.quiet)
+    if args.root is None:
+        raise FaceVerifyError("--pairs needs --root, the folder its paths are relative to")
+    aligned = _cached(args.cache, AlignedPairs, lambda: AlignedPairs.build(
+        read_pairs(args.pairs, args.root), verifier.detector, args.face_policy, progress=not args.quiet))
     scores, valid = aligned.scores(verifier.embed_aligned)
     report = verification_report(scores, aligned.same, aligned.folds, valid)
     print(report.summary(), file=sys.stderr)
     if args.json:
-        result = {"pairs_file": str(args.pairs), "weights_sha256": verifier.metadata["weights_sha256"],
-                  "arch": verifier.metadata["arch"], "providers": verifier.providers,
-                  "face_policy": args.face_policy, "flip": args.flip, **report.to_dict(),
-                  "failures": aligned.failures}
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        _write_report(args, verifier, {**report.to_dict(), "failures": aligned.failures})
     if args.roc:
         plot_roc(scores, aligned.same, args.roc, valid, label=verifier.metadata["arch"])
     return EXIT_OK
+
+
+def _evaluate_identities(args, verifier) -> int:
+    """Every genuine and impostor pair of a labelled set (LFW dev_eval: ~3M impostor pairs)."""
+    from .data import load_samples
+    from .evaluation import AlignedIdentities
+    from .metrics import all_pairs_report
+
+    aligned = _cached(args.cache, AlignedIdentities, lambda: AlignedIdentities.build(
+        load_samples(args.identities, args.split), verifier.detector, args.face_policy,
+        progress=not args.quiet))
+    genuine, impostor = aligned.scores(verifier.embed_aligned)
+    report = all_pairs_report(genuine, impostor)
+    tars = ", ".join(f"TAR@FAR={far}: " + (f"{hit['tar']:.4f}" if hit else "n/a")
+                     for far, hit in report["tar_at_far"].items())
+    print(f"{report['genuine_pairs']} genuine / {report['impostor_pairs']} impostor pairs "
+          f"({len(aligned.failures)} photos without a face), AUC {report['auc']:.5f}, "
+          f"EER {100 * report['eer']:.3f}%, {tars}", file=sys.stderr)
+    if args.json:
+        _write_report(args, verifier, {**report, "failures": aligned.failures})
+    return EXIT_OK
+
+
+def _cached(path, kind, build):
+    """An aligned evaluation set from `path` if it exists, else built (and saved there)."""
+    if path and Path(path).is_file():
+        return kind.load(path)
+    aligned = build()
+    if path:
+        aligned.save(path)
+    return aligned
+
+
+def _write_report(args, verifier, report: dict) -> None:
+    Path(args.json).write_text(json.dumps(
+        {"pairs_file": str(args.pairs or args.identities), "split": args.split,
+         "weights_sha256": verifier.metadata["weights_sha256"], "arch": verifier.metadata["arch"],
+         "providers": verifier.providers, "face_policy": args.face_policy, "flip": args.flip,
+         **report}, indent=2))
 
 
 def cmd_calibrate(args) -> int:
@@ -236,9 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("evaluate", help="accuracy, AUC, EER, TAR@FAR on a pairs protocol")
-    p.add_argument("--pairs", required=True, type=Path, help="LFW pairs.txt or CSV left,right,same[,fold]")
-    p.add_argument("--root", required=True, type=Path, help="folder the pair paths are relative to")
+    p = sub.add_parser("evaluate", help="accuracy, AUC, EER, TAR@FAR on a pairs protocol or all "
+                                        "pairs of a labelled set")
+    p.add_argument("--pairs", type=Path, help="LFW pairs.txt or CSV left,right,same[,fold]")
+    p.add_argument("--root", type=Path, help="folder the pair paths are relative to")
+    p.add_argument("--identities", type=Path, help="instead of --pairs: a labelled set (manifest.csv "
+                   "or identity folders) whose every pair is scored, e.g. LFW --split dev_eval")
+    p.add_argument("--split", help="with --identities: only rows of this split")
+    p.add_argument("--cache", type=Path, help="aligned crops of the set: read if present, else saved")
     p.add_argument("--face-policy", choices=policies, default="central")
     p.add_argument("--json", type=Path, help="write the full report here")
     p.add_argument("--roc", type=Path, help="write the ROC curve here (PNG)")

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 FARS = (1e-1, 1e-2, 1e-3)
+#: Operating points reported for all-pairs evaluation of a labelled set (millions of impostor pairs).
+LOW_FARS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
 def cosine_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -155,6 +157,20 @@ def verification_report(scores, same, folds, valid=None, fars=FARS) -> Verificat
         fold_accuracies=[float(a) for a in accs], auc=roc_auc(scores, same, valid_arr),
         eer=equal_error_rate(scores, same, valid_arr),
         best_threshold=best_threshold(scores, same, valid_arr), tar_at_far=tars)
+
+
+def all_pairs_report(genuine, impostor, fars=LOW_FARS) -> dict:
+    """AUC, EER and TAR at each FAR from every genuine and impostor pair of a labelled set; a FAR
+    is reported only where at least 1/FAR impostor pairs resolve it, with the count behind it."""
+    scores = np.r_[genuine, impostor]
+    same = np.r_[np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]
+    tars = {}
+    for far in fars:
+        hit = tar_at_far(scores, same, far)
+        tars[f"{far:g}"] = None if hit is None else {
+            "tar": hit[0], "threshold": hit[1], "impostors_accepted": int((impostor >= hit[1]).sum())}
+    return {"genuine_pairs": int(len(genuine)), "impostor_pairs": int(len(impostor)),
+            "auc": roc_auc(scores, same), "eer": equal_error_rate(scores, same), "tar_at_far": tars}
 
 
 def plot_roc(scores, same, path, valid=None, label: str = "model") -> None:

@@ -83,3 +83,37 @@ def test_failed_pairs_count_as_errors():
 def test_one_class_is_an_error():
     with pytest.raises(ValueError, match="both genuine and impostor"):
         roc_auc([0.1, 0.2], [1, 1])
+
+
+def test_all_pairs_of_a_labelled_set_against_brute_force():
+    from faceverify.evaluation import AlignedIdentities
+
+    rng = np.random.default_rng(3)
+    n = 11
+    vectors = rng.normal(size=(n, 4)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 1, 2, 3, 3, 4, 4, 4])
+    crops = np.zeros((n, 112, 112, 3), np.uint8)
+    crops[:, 0, 0, 0] = np.arange(n)  # each crop says which vector it stands for
+    ok = np.ones(n, bool)
+    ok[4] = False  # a photo without a face takes part in no pair
+    aligned = AlignedIdentities(crops, ok, labels, ["a", "b", "c", "d", "e"], {"x": "no face"})
+    genuine, impostor = aligned.scores(lambda c: vectors[c[:, 0, 0, 0]], block=3)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if ok[i] and ok[j]]
+    expected_gen = sorted(unit[i] @ unit[j] for i, j in pairs if labels[i] == labels[j])
+    expected_imp = sorted(unit[i] @ unit[j] for i, j in pairs if labels[i] != labels[j])
+    np.testing.assert_allclose(sorted(genuine), expected_gen, atol=1e-6)
+    np.testing.assert_allclose(sorted(impostor), expected_imp, atol=1e-6)
+
+
+def test_all_pairs_report_resolves_low_fars_only_with_enough_impostors():
+    from faceverify.metrics import all_pairs_report
+
+    rng = np.random.default_rng(4)
+    genuine, impostor = rng.normal(2, 1, 500), rng.normal(0, 1, 20_000)
+    report = all_pairs_report(genuine, impostor)
+    assert report["tar_at_far"]["1e-05"] is None and report["tar_at_far"]["1e-06"] is None
+    hit = report["tar_at_far"]["0.001"]
+    assert hit["impostors_accepted"] <= 20 and hit["tar"] == np.mean(genuine >= hit["threshold"])
+    assert report["auc"] == pytest.approx(brute_auc(np.r_[genuine[:50], impostor[:200]],
+                                                    np.r_[np.ones(50, bool), np.zeros(200, bool)]), abs=0.03)
