@@ -1,6 +1,7 @@
 """Torch embedding backend: aligned uint8 crops in, L2-normalised float32 embeddings out.
 
-`runtime.OnnxEmbedder` offers the same call signature without torch; `Verifier` takes either.
+`runtime.OnnxEmbedder` meets the same `interfaces.FaceEmbedder` contract without torch; `Verifier`
+takes either.
 """
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from .models import load_checkpoint
 
 
 class TorchEmbedder:
-    """A checkpointed `Embedder` on CPU or CUDA, called on (N, 112, 112, 3) uint8 RGB crops."""
+    """A `models.Embedder` on CPU or CUDA, called on (N, 112, 112, 3) uint8 RGB crops
+    (`interfaces.FaceEmbedder`). `metadata` is the checkpoint's; a network being trained has none."""
 
-    def __init__(self, model: torch.nn.Module, metadata: dict, device: str = "cpu",
+    torch_free = False
+
+    def __init__(self, model: torch.nn.Module, metadata: dict | None = None, device: str = "cpu",
                  batch_size: int = 64):
-        self.model, self.metadata, self.device, self.batch_size = model, metadata, device, batch_size
+        self.model, self.device, self.batch_size = model, device, batch_size
+        self.metadata = metadata or {"arch": model.arch, "embedding_dim": model.embedding_dim}
         self.providers = [f"torch:{device}"]
 
     @classmethod

@@ -53,7 +53,8 @@ def create_session(path: str | Path, providers: list[str] | None = None, threads
 
 
 class OnnxEmbedder:
-    """The exported embedder: (N, 112, 112, 3) uint8 RGB crops → (N, dim) float32, like `TorchEmbedder`."""
+    """The exported embedder: (N, 112, 112, 3) uint8 RGB crops → (N, dim) float32, like
+    `TorchEmbedder` (`interfaces.FaceEmbedder`)."""
 
     torch_free = True
 

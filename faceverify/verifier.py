@@ -9,7 +9,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from .bundled import weights_dir
 from .detect import AlignedFace, Detector, align_all, detect_and_align, detect_faces
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput
+from .interfaces import FaceEmbedder
 from .metrics import cosine_scores
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Verifier:
     """
 
     def __init__(self, model: str | Path | None = None, *, detector: Detector | None = None,
-                 embedder: Callable[[np.ndarray], np.ndarray] | None = None,
+                 embedder: FaceEmbedder | None = None,
                  device: str | None = None, face_policy: str = "single", flip: bool = False):
         if embedder is None:
             embedder = load_embedder(model if model is not None else default_model_path(), device)
@@ -155,7 +156,7 @@ class Verifier:
         return VerificationResult(score, score >= threshold, threshold, (first, second))
 
 
-def load_embedder(model: str | Path, device: str | None = None):
+def load_embedder(model: str | Path, device: str | None = None) -> FaceEmbedder:
     """Torch embedder for a checkpoint, ONNX runtime embedder for an .onnx file."""
     model = Path(model)
     if model.suffix == ".onnx":
@@ -168,7 +169,7 @@ def load_embedder(model: str | Path, device: str | None = None):
 
 
 def _default_detector(embedder, device):
-    if getattr(embedder, "torch_free", False):
+    if embedder.torch_free:
         from .detect import OnnxMTCNN
 
         return OnnxMTCNN(providers=embedder.providers)

@@ -11,6 +11,8 @@ import pytest
 
 from .conftest import BUNDLED_ONNX, ROOT, lfw
 
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
 

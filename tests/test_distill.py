@@ -21,6 +21,7 @@ from .conftest import DATA, ROOT
 TEACHER_SCRIPT = str(ROOT / "training" / "teacher_embed.py")
 
 
+@pytest.mark.data_free
 def test_cosine_term_is_one_minus_mean_cosine():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
@@ -28,6 +29,7 @@ def test_cosine_term_is_one_minus_mean_cosine():
     assert float(cosine_term(torch.tensor(a), torch.tensor(b))) == pytest.approx(expected, abs=1e-9)
 
 
+@pytest.mark.data_free
 def test_relation_term_is_one_minus_correlation_of_pairwise_cosines():
     rng = np.random.default_rng(2)
     student, teacher = rng.normal(size=(9, 6)), rng.normal(size=(9, 4))
@@ -43,6 +45,7 @@ def test_relation_term_is_one_minus_correlation_of_pairwise_cosines():
     assert float(relation_term(torch.tensor(teacher), torch.tensor(teacher))) == pytest.approx(0, abs=1e-9)
 
 
+@pytest.mark.data_free
 def test_faces_without_teacher_embedding_are_left_out():
     torch.manual_seed(0)
     distill = Distillation(8, {"a": 4, "b": 3}, DistillConfig(weight=1.0, relation_weight=0.5))
@@ -89,6 +92,7 @@ def taught(tmp_path_factory, torch_detector):
     return source / "manifest.csv", dest
 
 
+@pytest.mark.slow
 def test_teacher_pass_embeds_every_crop_and_knows_people(taught):
     _, dest = taught
     keys, vectors = load_teacher_parts(dest / "teachers" / "dlib")
@@ -105,6 +109,7 @@ def test_teacher_pass_embeds_every_crop_and_knows_people(taught):
     assert sims[same & off].mean() > sims[~same].mean() + 0.08
 
 
+@pytest.mark.slow
 def test_teacher_pass_resumes_after_sigkill(taught, tmp_path):
     source, dest = taught
     import shutil
@@ -139,6 +144,7 @@ def distill_config(tmp_path, dest, *overrides):
         "distill.teachers=[dlib]", "distill.relation_weight=1.0", *overrides])
 
 
+@pytest.mark.slow
 def test_student_learns_from_real_teacher_embeddings(taught, tmp_path):
     _, dest = taught
     trainer = Trainer(distill_config(tmp_path, dest, "optim.steps=30"), progress=False)
@@ -160,6 +166,7 @@ def test_student_learns_from_real_teacher_embeddings(taught, tmp_path):
     assert student.embedding_dim == 64
 
 
+@pytest.mark.slow
 def test_killed_distillation_run_resumes(taught, tmp_path):
     from .test_training import kill_and_resume, run_training
 

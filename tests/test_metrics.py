@@ -7,6 +7,8 @@ import pytest
 from faceverify.metrics import (accuracy, best_threshold, equal_error_rate, kfold_accuracy, roc_auc,
                                 tar_at_far, verification_report)
 
+pytestmark = pytest.mark.data_free
+
 SCORES = np.array([0.9, 0.8, 0.75, 0.6, 0.55, 0.5, 0.4, 0.3, 0.2, 0.1])
 SAME = np.array([1, 1, 0, 1, 0, 1, 0, 0, 1, 0], bool)
 

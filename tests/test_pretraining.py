@@ -17,6 +17,8 @@ from faceverify.train.methods import MoCo, PretrainConfig
 
 from .conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def unlabelled(prepared, tmp_path_factory):

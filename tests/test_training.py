@@ -15,6 +15,8 @@ from faceverify.train import Trainer, load_config
 
 from .conftest import DEV_PAIRS, LFW, ROOT
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def dev_subset(tmp_path_factory, torch_detector):

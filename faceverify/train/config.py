@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from ..losses import ObjectiveConfig
 from .augment import AugmentConfig
 from .distill import DistillConfig
+from .losses import ObjectiveConfig
 from .methods import PretrainConfig
 
 

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses
 from torch import nn
 
-from ..losses import Objective
 from .distill import Distillation
+from .losses import Objective
 
 MODES = ("supervised", "simclr", "moco")
 

@@ -24,16 +24,16 @@ from tqdm import tqdm
 from ..data import read_pairs
 from ..embed import TorchEmbedder
 from ..evaluation import AlignedPairs
-from ..losses import build_objective
 from ..metrics import calibrated_thresholds, verification_report
 from ..models import Embedder, load_checkpoint, save_checkpoint
 from ..models.checkpoint import atomic_save
-from ..sampling import PKBatches, RandomBatches
 from .augment import augment
 from .config import TrainConfig
 from .data import load_face_array
 from .distill import Distillation
+from .losses import build_objective
 from .methods import build_method
+from .sampling import PKBatches, RandomBatches
 from .teachers import TEACHER_FACTORIES
 
 STATE_FILE = "state.pt"  # everything needed to resume
@@ -254,8 +254,7 @@ class Trainer:
         """(scores, same, folds, valid) of the dev pairs with the current weights."""
         self.model.eval()
         try:
-            embedder = TorchEmbedder(self.model, {"embedding_dim": self.cfg.model.embedding_dim},
-                                     str(self.device), batch_size=256)
+            embedder = TorchEmbedder(self.model, device=str(self.device), batch_size=256)
             scores, valid = self.eval_pairs.scores(embedder)
             return scores, self.eval_pairs.same, self.eval_pairs.folds, valid
         finally:
