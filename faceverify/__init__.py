@@ -6,7 +6,6 @@
 from .errors import (FaceVerifyError, GalleryBusyError, GalleryError, ImageTooLargeError,
                      InvalidImageError, ModelError, ModelMismatchError, MultipleFacesError,
                      NoFaceError)
-from .images import load_rgb
 
 __version__ = "0.1.0"
 __all__ = ["Verifier", "load_rgb", "FaceVerifyError", "InvalidImageError", "ImageTooLargeError",
@@ -14,8 +13,11 @@ __all__ = ["Verifier", "load_rgb", "FaceVerifyError", "InvalidImageError", "Imag
            "GalleryBusyError", "__version__"]
 
 
-def __getattr__(name):  # keep `import faceverify` light: the verifier pulls in the backends
+def __getattr__(name):  # keep `import faceverify` light (the CLI starts through it)
     if name == "Verifier":
         from .verifier import Verifier
         return Verifier
+    if name == "load_rgb":
+        from .images import load_rgb
+        return load_rgb
     raise AttributeError(name)

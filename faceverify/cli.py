@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from .errors import FaceVerifyError
+from .policies import POLICIES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -30,6 +31,17 @@ def _verifier(args, face_policy: str = "single"):
     return Verifier(args.model, device=args.device, face_policy=face_policy, flip=args.flip)
 
 
+def add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="are two photos the same person?")
+    p.add_argument("image_a", type=Path)
+    p.add_argument("image_b", type=Path)
+    p.add_argument("--threshold", type=float, help="override the model's calibrated threshold")
+    p.add_argument("--face-policy", choices=POLICIES, default="single")
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_verify)
+
+
 def cmd_verify(args) -> int:
     result = _verifier(args, args.face_policy).verify(args.image_a, args.image_b, args.threshold)
     if args.json:
@@ -39,6 +51,15 @@ def cmd_verify(args) -> int:
         print(f"{verdict}: score {result.score:.4f} "
               f"{'>=' if result.same else '<'} threshold {result.threshold:.4f}")
     return EXIT_OK
+
+
+def add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="embeddings of images into an .npz file")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--face-policy", choices=POLICIES, default="single")
+    _model_args(p)
+    p.set_defaults(func=cmd_embed)
 
 
 def cmd_embed(args) -> int:
@@ -60,6 +81,23 @@ def cmd_embed(args) -> int:
             print(f"warning: {r}", file=sys.stderr)
     print(f"{sum(ok)}/{len(ok)} images embedded -> {args.out}", file=sys.stderr)
     return EXIT_OK if any(ok) else EXIT_INPUT
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, AUC, EER, TAR@FAR on a pairs protocol or all "
+                                        "pairs of a labelled set")
+    p.add_argument("--pairs", type=Path, help="LFW pairs.txt or CSV left,right,same[,fold]")
+    p.add_argument("--root", type=Path, help="folder the pair paths are relative to")
+    p.add_argument("--identities", type=Path, help="instead of --pairs: a labelled set (manifest.csv "
+                   "or identity folders) whose every pair is scored, e.g. LFW --split dev_eval")
+    p.add_argument("--split", help="with --identities: only rows of this split")
+    p.add_argument("--cache", type=Path, help="aligned crops of the set: read if present, else saved")
+    p.add_argument("--face-policy", choices=POLICIES, default="central")
+    p.add_argument("--json", type=Path, help="write the full report here")
+    p.add_argument("--roc", type=Path, help="write the ROC curve here (PNG)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _model_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
@@ -125,6 +163,16 @@ def _write_report(args, verifier, report: dict) -> None:
          **report}, indent=2))
 
 
+def add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="store dev-pair thresholds in a checkpoint's metadata")
+    p.add_argument("--pairs", required=True, type=Path)
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--face-policy", choices=POLICIES, default="central")
+    p.add_argument("--quiet", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_calibrate)
+
+
 def cmd_calibrate(args) -> int:
     from .data import read_pairs
     from .evaluation import AlignedPairs
@@ -143,6 +191,15 @@ def cmd_calibrate(args) -> int:
     return EXIT_OK
 
 
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (and the MTCNN stages)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
+    p.add_argument("--mtcnn", type=Path, metavar="DIR", help="also export P/R/O-net into DIR")
+    p.set_defaults(func=cmd_export)
+
+
 def cmd_export(args) -> int:
     from .export import export_embedder, export_mtcnn
 
@@ -155,11 +212,31 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def _gallery_args(p) -> None:
+    p.add_argument("--gallery", required=True, type=Path, help="SQLite gallery file")
+    p.add_argument("--index", default="auto", help="auto | numpy | faiss-flat | faiss-ivf | faiss-hnsw")
+    p.add_argument("--busy-timeout", type=float, default=10.0,
+                   help="seconds to wait for another writer before giving up")
+    p.add_argument("--face-policy", choices=POLICIES, default="single")
+    _model_args(p)
+
+
 def _gallery(args, create: bool = False):
     from .gallery import Gallery
 
     return Gallery(args.gallery, _verifier(args, args.face_policy), index=args.index,
                    busy_timeout_s=args.busy_timeout, create=create)
+
+
+def add_enroll(sub) -> None:
+    p = sub.add_parser("enroll", help="add people to a gallery (--name NAME IMAGES... or --dataset)")
+    p.add_argument("images", nargs="*", type=Path)
+    p.add_argument("--name")
+    p.add_argument("--dataset", type=Path, help="identity folders or manifest.csv")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    _gallery_args(p)
+    p.set_defaults(func=cmd_enroll)
 
 
 def cmd_enroll(args) -> int:
@@ -179,6 +256,15 @@ def cmd_enroll(args) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     return EXIT_OK if added else EXIT_INPUT
+
+
+def add_identify(sub) -> None:
+    p = sub.add_parser("identify", help="who is this? (open-set: 'unknown' below the threshold)")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    _gallery_args(p)
+    p.set_defaults(func=cmd_identify)
 
 
 def cmd_identify(args) -> int:
@@ -233,6 +319,18 @@ GALLERY_ACTIONS = {
 }
 
 
+def add_gallery(sub) -> None:
+    p = sub.add_parser("gallery", help="list, show, rename, remove, export or import")
+    p.add_argument("action", choices=tuple(GALLERY_ACTIONS))
+    p.add_argument("--name")
+    p.add_argument("--new-name")
+    p.add_argument("--image-id", type=int)
+    p.add_argument("--file", type=Path, help="export / import .npz")
+    p.add_argument("--reembed", action="store_true", help="import from another model's export")
+    _gallery_args(p)
+    p.set_defaults(func=cmd_gallery)
+
+
 def cmd_gallery(args) -> int:
     action, needed = GALLERY_ACTIONS[args.action]
     missing = [f"--{option.replace('_', '-')}" for option in needed if getattr(args, option) is None]
@@ -241,6 +339,19 @@ def cmd_gallery(args) -> int:
     with _gallery(args, create=args.action == "import") as gallery:  # import may start a gallery
         action(gallery, args)
     return EXIT_OK
+
+
+def add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="align an identity dataset into 112x112 crops (resumable)")
+    p.add_argument("source", type=Path, help="a folder of images (one subfolder per identity), or a manifest.csv")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--split", help="only rows of this manifest split (e.g. train)")
+    p.add_argument("--face-policy", choices=POLICIES, default="central")
+    p.add_argument("--min-face-fraction", type=float, default=0.2,
+                   help="smallest face searched, as a fraction of the short side (speed)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args) -> int:
@@ -255,102 +366,17 @@ def cmd_prepare(args) -> int:
     return EXIT_OK
 
 
+#: each verb's `add_*` registers its arguments and handler; plugins add more (the UI adds `serve`)
+VERBS = (add_verify, add_embed, add_evaluate, add_prepare, add_calibrate, add_export, add_enroll,
+         add_identify, add_gallery)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faceverify", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what runs where")
     sub = parser.add_subparsers(dest="command", required=True)
-    policies = ("single", "largest", "central")
-
-    p = sub.add_parser("verify", help="are two photos the same person?")
-    p.add_argument("image_a", type=Path)
-    p.add_argument("image_b", type=Path)
-    p.add_argument("--threshold", type=float, help="override the model's calibrated threshold")
-    p.add_argument("--face-policy", choices=policies, default="single")
-    p.add_argument("--json", action="store_true")
-    _model_args(p)
-    p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("embed", help="embeddings of images into an .npz file")
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--face-policy", choices=policies, default="single")
-    _model_args(p)
-    p.set_defaults(func=cmd_embed)
-
-    p = sub.add_parser("evaluate", help="accuracy, AUC, EER, TAR@FAR on a pairs protocol or all "
-                                        "pairs of a labelled set")
-    p.add_argument("--pairs", type=Path, help="LFW pairs.txt or CSV left,right,same[,fold]")
-    p.add_argument("--root", type=Path, help="folder the pair paths are relative to")
-    p.add_argument("--identities", type=Path, help="instead of --pairs: a labelled set (manifest.csv "
-                   "or identity folders) whose every pair is scored, e.g. LFW --split dev_eval")
-    p.add_argument("--split", help="with --identities: only rows of this split")
-    p.add_argument("--cache", type=Path, help="aligned crops of the set: read if present, else saved")
-    p.add_argument("--face-policy", choices=policies, default="central")
-    p.add_argument("--json", type=Path, help="write the full report here")
-    p.add_argument("--roc", type=Path, help="write the ROC curve here (PNG)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _model_args(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("prepare", help="align an identity dataset into 112x112 crops (resumable)")
-    p.add_argument("source", type=Path, help="a folder of images (one subfolder per identity), or a manifest.csv")
-    p.add_argument("dest", type=Path)
-    p.add_argument("--split", help="only rows of this manifest split (e.g. train)")
-    p.add_argument("--face-policy", choices=policies, default="central")
-    p.add_argument("--min-face-fraction", type=float, default=0.2,
-                   help="smallest face searched, as a fraction of the short side (speed)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device")
-    p.set_defaults(func=cmd_prepare)
-    p = sub.add_parser("calibrate", help="store dev-pair thresholds in a checkpoint's metadata")
-    p.add_argument("--pairs", required=True, type=Path)
-    p.add_argument("--root", required=True, type=Path)
-    p.add_argument("--face-policy", choices=policies, default="central")
-    p.add_argument("--quiet", action="store_true")
-    _model_args(p)
-    p.set_defaults(func=cmd_calibrate)
-
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (and the MTCNN stages)")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
-    p.add_argument("--mtcnn", type=Path, metavar="DIR", help="also export P/R/O-net into DIR")
-    p.set_defaults(func=cmd_export)
-
-    def gallery_args(p):
-        p.add_argument("--gallery", required=True, type=Path, help="SQLite gallery file")
-        p.add_argument("--index", default="auto", help="auto | numpy | faiss-flat | faiss-ivf | faiss-hnsw")
-        p.add_argument("--busy-timeout", type=float, default=10.0,
-                       help="seconds to wait for another writer before giving up")
-        p.add_argument("--face-policy", choices=policies, default="single")
-        _model_args(p)
-
-    p = sub.add_parser("enroll", help="add people to a gallery (--name NAME IMAGES... or --dataset)")
-    p.add_argument("images", nargs="*", type=Path)
-    p.add_argument("--name")
-    p.add_argument("--dataset", type=Path, help="identity folders or manifest.csv")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    gallery_args(p)
-    p.set_defaults(func=cmd_enroll)
-
-    p = sub.add_parser("identify", help="who is this? (open-set: 'unknown' below the threshold)")
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--json", action="store_true")
-    gallery_args(p)
-    p.set_defaults(func=cmd_identify)
-
-    p = sub.add_parser("gallery", help="list, show, rename, remove, export or import")
-    p.add_argument("action", choices=tuple(GALLERY_ACTIONS))
-    p.add_argument("--name")
-    p.add_argument("--new-name")
-    p.add_argument("--image-id", type=int)
-    p.add_argument("--file", type=Path, help="export / import .npz")
-    p.add_argument("--reembed", action="store_true", help="import from another model's export")
-    gallery_args(p)
-    p.set_defaults(func=cmd_gallery)
-
+    for add in VERBS:
+        add(sub)
     for plugin in entry_points(group="faceverify.commands"):  # e.g. `serve`, from app/
         plugin.load()(sub, _model_args)
     return parser

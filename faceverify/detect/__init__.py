@@ -1,6 +1,5 @@
 """Face detection: a `Detector` protocol, the MTCNN backends, the face-selection policy, and
 detect → select → align as one step (`detect_and_align`)."""
-from .aligned import AlignedFace, DetectedImage, align_all, detect_and_align, detect_faces
 from .base import (DETECTION_MAX_SIDE, POLICIES, Detector, Face, pad_for_detection, select_face,
                    shift_face)
 
@@ -9,7 +8,13 @@ __all__ = ["DETECTION_MAX_SIDE", "POLICIES", "AlignedFace", "DetectedImage", "De
            "shift_face", "TorchMTCNN", "OnnxMTCNN"]
 
 
-def __getattr__(name):  # backends are imported on demand: the ONNX one must not pull in torch
+_ALIGNED = ("AlignedFace", "DetectedImage", "align_all", "detect_and_align", "detect_faces")
+
+
+def __getattr__(name):  # imported on demand: the ONNX backend must not pull in torch, the CLI's
+    if name in _ALIGNED:  # start-up needs neither OpenCV nor a backend
+        from . import aligned
+        return getattr(aligned, name)
     if name == "TorchMTCNN":
         from .mtcnn_torch import TorchMTCNN
         return TorchMTCNN

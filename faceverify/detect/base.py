@@ -7,9 +7,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..errors import MultipleFacesError, NoFaceError
+from ..policies import POLICIES
 
-#: Selection policies: which detected face a single-face operation uses.
-POLICIES = ("single", "largest", "central")
 #: Under the "single" policy, a second face smaller than this fraction of the largest face's area
 #: is treated as background (a bystander) rather than a competing subject.
 PROMINENT_AREA_RATIO = 0.25
