@@ -164,9 +164,14 @@ def _write_report(args, verifier, report: dict) -> None:
 
 
 def add_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="store dev-pair thresholds in a checkpoint's metadata")
-    p.add_argument("--pairs", required=True, type=Path)
-    p.add_argument("--root", required=True, type=Path)
+    p = sub.add_parser("calibrate", help="store thresholds in a checkpoint's metadata: from a pairs "
+                                         "file, or the all-pairs ROC of a labelled set (open-set FPIR)")
+    p.add_argument("--pairs", type=Path)
+    p.add_argument("--root", type=Path)
+    p.add_argument("--identities", type=Path, help="a labelled set whose every pair is scored, e.g. "
+                   "../shared/data/lfw/manifest.csv --split dev_eval (millions of impostor pairs)")
+    p.add_argument("--split")
+    p.add_argument("--cache", type=Path, help="aligned crops of the set: read if present, else saved")
     p.add_argument("--face-policy", choices=POLICIES, default="central")
     p.add_argument("--quiet", action="store_true")
     _model_args(p)
@@ -174,20 +179,40 @@ def add_calibrate(sub) -> None:
 
 
 def cmd_calibrate(args) -> int:
-    from .data import read_pairs
-    from .evaluation import AlignedPairs
-    from .metrics import calibrated_thresholds
     from .models import set_thresholds
 
     if str(args.model).endswith(".onnx"):
         raise FaceVerifyError("calibrate a checkpoint (.pt), then export it: ONNX files are read-only")
+    if bool(args.pairs) == bool(args.identities):
+        raise FaceVerifyError("give --pairs FILE --root DIR, or --identities MANIFEST [--split NAME]")
     verifier = _verifier(args)
-    aligned = AlignedPairs.build(read_pairs(args.pairs, args.root), verifier.detector, args.face_policy,
-                                 progress=not args.quiet)
-    scores, valid = aligned.scores(verifier.embed_aligned)
-    thresholds = calibrated_thresholds(scores, aligned.same, aligned.folds, valid, Path(args.pairs).name)
+    thresholds = dict(verifier.metadata.get("thresholds", {}))
+    if args.pairs:
+        from .data import read_pairs
+        from .evaluation import AlignedPairs
+        from .metrics import calibrated_thresholds
+
+        aligned = _cached(args.cache, AlignedPairs, lambda: AlignedPairs.build(
+            read_pairs(args.pairs, args.root), verifier.detector, args.face_policy, progress=not args.quiet))
+        scores, valid = aligned.scores(verifier.embed_aligned)
+        thresholds.update(calibrated_thresholds(scores, aligned.same, aligned.folds, valid, Path(args.pairs).name))
+    else:
+        from .data import load_samples
+        from .evaluation import AlignedIdentities
+        from .operating import ALL_PAIRS_ROC, roc_table
+
+        aligned = _cached(args.cache, AlignedIdentities, lambda: AlignedIdentities.build(
+            load_samples(args.identities, args.split), verifier.detector, args.face_policy,
+            progress=not args.quiet))
+        genuine, impostor = aligned.scores(verifier.embed_aligned)
+        source = f"{Path(args.identities).name}" + (f" split {args.split}" if args.split else "")
+        thresholds[ALL_PAIRS_ROC] = {"source": source, "genuine_pairs": int(len(genuine)),
+                                     "impostor_pairs": int(len(impostor)),
+                                     "columns": ["threshold", "far", "tar", "impostors_accepted"],
+                                     "points": roc_table(genuine, impostor)}
     set_thresholds(args.model, thresholds)
-    print(json.dumps({k: v for k, v in thresholds.items() if k != "roc"}, indent=2))
+    print(json.dumps({k: (v if k not in ("roc", "roc_all_pairs") else f"{len(v) if k == 'roc' else len(v['points'])} points")
+                      for k, v in thresholds.items()}, indent=2))
     return EXIT_OK
 
 
@@ -225,7 +250,8 @@ def _gallery(args, create: bool = False):
     from .gallery import Gallery
 
     return Gallery(args.gallery, _verifier(args, args.face_policy), index=args.index,
-                   busy_timeout_s=args.busy_timeout, create=create)
+                   busy_timeout_s=args.busy_timeout, create=create,
+                   threshold=getattr(args, "threshold", None), target_fpir=getattr(args, "target_fpir", None))
 
 
 def add_enroll(sub) -> None:
@@ -263,6 +289,9 @@ def add_identify(sub) -> None:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--target-fpir", type=float, help="share of strangers that may be accepted as "
+                   "someone (sets the threshold for this gallery's size; default: the gallery's, 0.01)")
+    p.add_argument("--threshold", type=float, help="a fixed threshold instead")
     _gallery_args(p)
     p.set_defaults(func=cmd_identify)
 
@@ -270,6 +299,10 @@ def add_identify(sub) -> None:
 def cmd_identify(args) -> int:
     with _gallery(args) as gallery:
         results = gallery.identify(args.images, args.top_k)
+        point = gallery.operating_point()
+    print(f"operating point: threshold {point.threshold:.4f} ({point.rule}); expected strangers "
+          f"accepted (FPIR) {100 * point.fpir:.2f}%, enrolled people missed (FNIR) "
+          f"{100 * point.fnir:.2f}%", file=sys.stderr)
     rows = []
     for path, result in zip(args.images, results):
         if isinstance(result, FaceVerifyError):

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..data import load_samples
 from ..errors import FaceVerifyError, GalleryError, ModelMismatchError
 from ..images import ImageInput, load_rgb
+from ..operating import ALL_PAIRS_ROC, OperatingPoint, describe, far_for_fpir, threshold_for_far
 from ..verifier import FaceEmbedding
 from .index import build_index
 from .store import GalleryStore
@@ -45,6 +46,10 @@ def face_quality(face, crop: np.ndarray) -> dict:
             "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var())}
 
 
+#: Strangers a gallery may accept as someone, by default (its threshold follows from this).
+DEFAULT_FPIR = 0.01
+
+
 @dataclass
 class EnrollReport:
     name: str
@@ -65,32 +70,58 @@ class Identification:
     threshold: float
     matches: list  # [(name, score)], best first
     face: object = None  # FaceEmbedding of the query
+    operating_point: OperatingPoint | None = None
 
     def to_dict(self) -> dict:
         return {"name": self.name or "unknown", "known": self.name is not None,
                 "score": round(self.score, 6), "threshold": self.threshold,
-                "matches": [{"name": n, "score": round(s, 6)} for n, s in self.matches]}
+                "matches": [{"name": n, "score": round(s, 6)} for n, s in self.matches],
+                "operating_point": self.operating_point.to_dict() if self.operating_point else None}
 
 
 class Gallery:
     """A gallery file bound to the verifier whose model produced (or will produce) its embeddings.
 
-    `threshold`: the open-set acceptance threshold stored in a new gallery; by default the model's
-    FAR = 1e-2 threshold (stricter than the best-accuracy one: 1:N search multiplies false accepts).
+    The acceptance threshold follows a target false positive identification rate (FPIR: the share
+    of strangers accepted as someone) for the gallery's current size, read off the model's
+    all-pairs ROC and recomputed as people are enrolled (`operating`); a new gallery targets
+    `DEFAULT_FPIR` unless given `target_fpir`. `threshold` pins a fixed threshold instead. Both are
+    stored in a new gallery; given for an existing one, they apply to this session only. A model
+    without an all-pairs ROC falls back to its FAR = 1e-2 pairs threshold.
     """
 
     def __init__(self, path: str | Path, verifier, threshold: float | None = None,
                  index: str = "auto", quality: QualityGate | None = None,
-                 busy_timeout_s: float = 10.0, create: bool = True):
+                 busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None):
         self.verifier = verifier
         meta = verifier.metadata
-        if threshold is None:
+        self.roc = meta.get("thresholds", {}).get(ALL_PAIRS_ROC)
+        fixed = threshold
+        if fixed is None:
             points = meta.get("thresholds", {})
-            threshold = verifier.threshold("far_1e-2" if "far_1e-2" in points else "best_accuracy")
-        self.store = GalleryStore(path, meta["weights_sha256"], meta["embedding_dim"], threshold,
-                                  busy_timeout_s, create)
+            fixed = verifier.threshold("far_1e-2" if "far_1e-2" in points else "best_accuracy")
+        stored_fpir = target_fpir or (DEFAULT_FPIR if threshold is None and self.roc else None)
+        self.store = GalleryStore(path, meta["weights_sha256"], meta["embedding_dim"], fixed,
+                                  busy_timeout_s, create, stored_fpir)
+        self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()
         self._index, self._index_version = None, None
+
+    def operating_point(self) -> OperatingPoint:
+        """The threshold in force now and its expected FPIR / FNIR at the current gallery size."""
+        identities = max(1, len(self.store.identities()))
+        fpir = self.target_fpir or self.store.target_fpir
+        if self.pinned is not None:
+            threshold, rule = self.pinned, "pinned"
+        elif fpir and self.roc:
+            threshold = threshold_for_far(self.roc["points"], far_for_fpir(fpir, identities))
+            rule = f"target FPIR {fpir:g} at {identities} identities"
+        else:
+            threshold, rule = self.store.threshold, "fixed at creation"
+        if not self.roc:
+            nan = float("nan")
+            return OperatingPoint(threshold, nan, nan, nan, identities, rule + " (model has no all-pairs ROC)")
+        return describe(self.roc["points"], threshold, identities, rule)
 
     def close(self) -> None:
         self.store.close()
@@ -103,7 +134,7 @@ class Gallery:
 
     @property
     def threshold(self) -> float:
-        return self.store.threshold
+        return self.operating_point().threshold
 
     # ------------------------------------------------------------ enrollment
     def enroll(self, name: str, images: Sequence[ImageInput], sources: Sequence[str] | None = None) -> EnrollReport:
@@ -172,12 +203,13 @@ class Gallery:
         if index is None:
             raise GalleryError(f"{self.store.path}: the gallery is empty; enroll someone first")
         scores, indices = index.search(np.stack([face.embedding for face in faces]), top_k)
+        point = self.operating_point()
         out = []
         for row, face in enumerate(faces):
             matches = [(names[j], float(s)) for s, j in zip(scores[row], indices[row]) if j >= 0]
             best_name, best = matches[0]
-            out.append(Identification(best_name if best >= self.threshold else None, best,
-                                      self.threshold, matches, face))
+            out.append(Identification(best_name if best >= point.threshold else None, best,
+                                      point.threshold, matches, face, point))
         return out
 
     def _search_index(self):

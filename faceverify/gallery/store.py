@@ -43,7 +43,8 @@ class GalleryStore:
     """Low-level storage; `Gallery` adds detection, quality checks and search on top."""
 
     def __init__(self, path: str | Path, weights_sha256: str, embedding_dim: int,
-                 threshold: float, busy_timeout_s: float = 10.0, create: bool = True):
+                 threshold: float, busy_timeout_s: float = 10.0, create: bool = True,
+                 target_fpir: float | None = None):
         self.path = Path(path)
         exists = self.path.is_file() and self.path.stat().st_size > 0
         if not exists and not create:
@@ -52,7 +53,7 @@ class GalleryStore:
             self.db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None)
             self.db.execute("PRAGMA foreign_keys = ON")
             if not exists:
-                self._create(weights_sha256, embedding_dim, threshold)
+                self._create(weights_sha256, embedding_dim, threshold, target_fpir)
             elif self.db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                 raise GalleryError(f"{self.path}: not a faceverify gallery")
             self.db.execute("PRAGMA journal_mode = WAL")
@@ -67,7 +68,8 @@ class GalleryStore:
                 "using the new model, or open it with the model that built it")
         self.embedding_dim = int(self.meta["embedding_dim"])
 
-    def _create(self, weights_sha256: str, embedding_dim: int, threshold: float) -> None:
+    def _create(self, weights_sha256: str, embedding_dim: int, threshold: float,
+                target_fpir: float | None) -> None:
         with self.transaction():
             if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
                 return  # another process created it while we waited for the lock
@@ -78,7 +80,7 @@ class GalleryStore:
             self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", SCHEMA_VERSION), ("weights_sha256", weights_sha256),
                 ("embedding_dim", str(embedding_dim)), ("threshold", repr(float(threshold))),
-                ("created", _now())])
+                ("created", _now())] + ([("target_fpir", repr(float(target_fpir)))] if target_fpir else []))
 
     @contextmanager
     def transaction(self):
@@ -104,7 +106,12 @@ class GalleryStore:
     # ----------------------------------------------------------------- reads
     @property
     def threshold(self) -> float:
+        """The fixed threshold stored at creation (used when no target FPIR is set)."""
         return float(self.meta["threshold"])
+
+    @property
+    def target_fpir(self) -> float | None:
+        return float(self.meta["target_fpir"]) if "target_fpir" in self.meta else None
 
     def identity_id(self, name: str) -> int | None:
         row = self.db.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
