@@ -1,19 +1,15 @@
-"""Gallery on real faces: enroll LFW identities, identify held-out photos, reject strangers; durable
-under SIGKILL and concurrent writers; clear errors for foreign files."""
-import json
+"""Gallery on real faces: enroll LFW identities, identify held-out photos, reject strangers; clear
+errors for foreign files (durability under SIGKILL and concurrent writers: test_gallery_stores)."""
 import sqlite3
-import subprocess
-import sys
-import time
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
-from faceverify.errors import GalleryBusyError, GalleryError, ModelMismatchError
+from faceverify.errors import GalleryError, ModelMismatchError
 from faceverify.gallery import FaissIndex, Gallery, NumpyIndex
 
-from .conftest import BUNDLED, DATA, LFW, ROOT
+from .conftest import BUNDLED, DATA, LFW
 
 
 @pytest.fixture(scope="module")
@@ -114,70 +110,6 @@ def test_other_model_is_refused(gallery_path, untrained_checkpoint):
 
     with pytest.raises(ModelMismatchError, match="re-embed"):
         Gallery(gallery_path, Verifier(untrained_checkpoint, device="cpu"))
-
-
-ENROLL_SCRIPT = """
-import sys, time
-from faceverify import Verifier
-from faceverify.gallery import Gallery
-from faceverify.gallery.store import GalleryStore
-slow = GalleryStore._refresh_template
-def slow_refresh(self, identity):  # hold the write transaction open long enough to be killed in it
-    print("in-transaction", flush=True)
-    time.sleep(float(sys.argv[3]))
-    slow(self, identity)
-GalleryStore._refresh_template = slow_refresh
-g = Gallery(sys.argv[1], Verifier(sys.argv[2], device="cpu"), busy_timeout_s=float(sys.argv[4]))
-report = g.enroll(sys.argv[5], sys.argv[6:])
-print("done", len(report.added), flush=True)
-"""
-
-
-def start_enroll(gallery, name, photos, hold_s, busy_s):
-    return subprocess.Popen([sys.executable, "-c", ENROLL_SCRIPT, str(gallery), str(BUNDLED), str(hold_s),
-                             str(busy_s), name, *map(str, photos)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(proc, word, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if word in line:
-            return line
-    raise AssertionError(f"never saw {word!r}: {proc.stderr.read()[-2000:]}")
-
-
-def test_sigkill_mid_enrollment_leaves_no_partial_identity(gallery_path, verifier, lfw_split, tmp_path):
-    target = tmp_path / "killed.db"
-    target.write_bytes(gallery_path.read_bytes())
-    _, held_out, _ = lfw_split
-    proc = start_enroll(target, "Half Written", [p for _, p in held_out[:3]], 60, 10)
-    wait_for(proc, "in-transaction")
-    proc.kill()
-    proc.wait()
-    with Gallery(target, verifier) as gallery:
-        names = [n for n, _, _ in gallery.identities()]
-        assert "Half Written" not in names
-        assert gallery.store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert gallery.store.db.execute(
-            "SELECT COUNT(*) FROM images WHERE identity_id NOT IN (SELECT id FROM identities)").fetchone()[0] == 0
-
-
-def test_two_writers(gallery_path, lfw_split, tmp_path):
-    target = tmp_path / "busy.db"
-    target.write_bytes(gallery_path.read_bytes())
-    photos = [p for _, p in lfw_split[1][:4]]
-    first = start_enroll(target, "Writer One", photos[:2], 25, 30)
-    wait_for(first, "in-transaction")
-    patient = start_enroll(target, "Writer Two", photos[2:], 0, 60)   # waits for the lock, then writes
-    impatient = start_enroll(target, "Writer Three", photos[2:3], 0, 0.5)  # gives up: clear busy error
-    outputs = [p.communicate(timeout=300) for p in (first, patient, impatient)]
-    assert first.returncode == 0 and patient.returncode == 0, outputs
-    assert impatient.returncode != 0 and "GalleryBusyError" in outputs[2][1]
-    con = sqlite3.connect(target)
-    names = {r[0] for r in con.execute("SELECT name FROM identities")}
-    assert {"Writer One", "Writer Two"} <= names and "Writer Three" not in names
 
 
 def test_numpy_and_faiss_search_agree(rng):

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from faceverify.detect import OnnxMTCNN, select_face
+from faceverify.detect import OnnxMTCNN
 from faceverify.embed import TorchEmbedder
 from faceverify.export import export_embedder
 from faceverify.images import load_rgb

