@@ -19,6 +19,26 @@ from .errors import FaceVerifyError
 from .metrics import cosine_scores
 
 
+def align_photos(paths: Sequence, names: Sequence[str], detector: Detector, face_policy: str,
+                 batch_size: int = 32, progress: bool = True):
+    """(crops, ok, failures by name) of photos detected and aligned in batches; a photo without a
+    usable face keeps a blank crop, `ok` False and its reason."""
+    crops = np.zeros((len(paths), ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
+    ok = np.zeros(len(paths), bool)
+    failures = {}
+    with tqdm(total=len(paths), desc="detect+align", unit="img", disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            found = detect_and_align(paths[start:start + batch_size], detector, face_policy,
+                                     names[start:start + batch_size])
+            for offset, result in enumerate(found, start):
+                if isinstance(result, FaceVerifyError):
+                    failures[names[offset]] = str(result)
+                else:
+                    crops[offset], ok[offset] = result.crop, True
+            bar.update(len(found))
+    return crops, ok, failures
+
+
 @dataclass
 class AlignedPairs:
     """Unique images' crops and the pairs as indices into them; `ok[i]` is False where image i
@@ -37,19 +57,8 @@ class AlignedPairs:
               batch_size: int = 32, progress: bool = True) -> "AlignedPairs":
         paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
         index = {p: i for i, p in enumerate(paths)}
-        crops = np.zeros((len(paths), ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
-        ok = np.zeros(len(paths), bool)
-        failures = {}
-        with tqdm(total=len(paths), desc="detect+align", unit="img", disable=not progress) as bar:
-            for start in range(0, len(paths), batch_size):
-                chunk = paths[start:start + batch_size]
-                found = detect_and_align(chunk, detector, face_policy, [str(p) for p in chunk])
-                for offset, result in enumerate(found):
-                    if isinstance(result, FaceVerifyError):
-                        failures[str(chunk[offset])] = str(result)
-                    else:
-                        crops[start + offset], ok[start + offset] = result.crop, True
-                bar.update(len(chunk))
+        crops, ok, failures = align_photos(paths, [str(p) for p in paths], detector, face_policy,
+                                           batch_size, progress)
         return cls(crops, ok, np.array([index[p.left] for p in pairs]),
                    np.array([index[p.right] for p in pairs]), np.array([p.same for p in pairs]),
                    np.array([p.fold for p in pairs]), failures)
@@ -93,19 +102,8 @@ class AlignedIdentities:
     @classmethod
     def build(cls, samples: Sequence, detector: Detector, face_policy: str = "central",
               batch_size: int = 32, progress: bool = True) -> "AlignedIdentities":
-        crops = np.zeros((len(samples), ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
-        ok = np.zeros(len(samples), bool)
-        failures = {}
-        with tqdm(total=len(samples), desc="detect+align", unit="img", disable=not progress) as bar:
-            for start in range(0, len(samples), batch_size):
-                chunk = samples[start:start + batch_size]
-                found = detect_and_align([s.path for s in chunk], detector, face_policy, [s.key for s in chunk])
-                for offset, result in enumerate(found):
-                    if isinstance(result, FaceVerifyError):
-                        failures[chunk[offset].key] = str(result)
-                    else:
-                        crops[start + offset], ok[start + offset] = result.crop, True
-                bar.update(len(chunk))
+        crops, ok, failures = align_photos([s.path for s in samples], [s.key for s in samples],
+                                           detector, face_policy, batch_size, progress)
         identities, labels = np.unique([s.identity for s in samples], return_inverse=True)
         return cls(crops, ok, labels, identities.tolist(), failures)
 

@@ -73,24 +73,32 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory, torch_detector):
-    """150 CelebA identities (8 images each) aligned by `prepare`, the way training data is made."""
-    source = tmp_path_factory.mktemp("celeba")
+def celeba_subset(folder: Path, identities: int, per_identity: int) -> Path:
+    """A manifest of the first `identities` CelebA people, `per_identity` photos each (absolute
+    paths: the photos stay in ../shared/data)."""
     with open(DATA / "celeba" / "manifest.csv") as fh:
         rows = list(csv.DictReader(fh))
     by_identity = {}
     for row in rows:
         by_identity.setdefault(row["identity"], []).append(row)
-    picked = [r for rows_ in list(by_identity.values())[:150] for r in rows_[:8]]
-    with open(source / "manifest.csv", "w", newline="") as fh:
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "identity", "split"])
         writer.writeheader()
-        for r in picked:
-            writer.writerow({"path": str(DATA / "celeba" / r["path"]), "identity": r["identity"], "split": "train"})
+        for person in list(by_identity.values())[:identities]:
+            for r in person[:per_identity]:
+                writer.writerow({"path": str(DATA / "celeba" / r["path"]), "identity": r["identity"],
+                                 "split": "train"})
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, torch_detector):
+    """150 CelebA identities (8 images each) aligned by `prepare`, the way training data is made."""
     from faceverify.prepare import prepare_dataset
 
+    manifest = celeba_subset(tmp_path_factory.mktemp("celeba"), 150, 8)
     dest = tmp_path_factory.mktemp("aligned") / "celeba"
-    report = prepare_dataset(source / "manifest.csv", dest, torch_detector, progress=False)
-    assert report.aligned >= 0.95 * len(picked)
+    report = prepare_dataset(manifest, dest, torch_detector, progress=False)
+    assert report.aligned >= 0.95 * 150 * 8
     return dest

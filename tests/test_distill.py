@@ -16,7 +16,7 @@ from faceverify.train import Trainer, load_config
 from faceverify.train.distill import DistillConfig, Distillation, cosine_term, relation_term
 from faceverify.train.teachers import load_teacher_parts
 
-from .conftest import DATA, ROOT
+from .conftest import ROOT, celeba_subset
 
 TEACHER_SCRIPT = str(ROOT / "training" / "teacher_embed.py")
 
@@ -70,26 +70,15 @@ def test_faces_without_teacher_embedding_are_left_out():
 def taught(tmp_path_factory, torch_detector):
     """24 CelebA identities × 4 photos prepared, then embedded by the real dlib teacher (CLI)."""
     pytest.importorskip("dlib", reason="the dlib teacher needs faceverify[distill]")
-    source = tmp_path_factory.mktemp("celeba-small")
-    with open(DATA / "celeba" / "manifest.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    by_identity = {}
-    for row in rows:
-        by_identity.setdefault(row["identity"], []).append(row)
-    with open(source / "manifest.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "identity", "split"])
-        for identity_rows in list(by_identity.values())[:24]:
-            for row in identity_rows[:4]:
-                writer.writerow([str(DATA / "celeba" / row["path"]), row["identity"], "train"])
+    manifest = celeba_subset(tmp_path_factory.mktemp("celeba-small"), 24, 4)
     from faceverify.prepare import prepare_dataset
 
     dest = tmp_path_factory.mktemp("aligned-small") / "celeba"
-    prepare_dataset(source / "manifest.csv", dest, torch_detector, progress=False)
-    done = subprocess.run([sys.executable, TEACHER_SCRIPT, str(source / "manifest.csv"), str(dest),
+    prepare_dataset(manifest, dest, torch_detector, progress=False)
+    done = subprocess.run([sys.executable, TEACHER_SCRIPT, str(manifest), str(dest),
                            "--teacher", "dlib"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    return source / "manifest.csv", dest
+    return manifest, dest
 
 
 @pytest.mark.slow
