@@ -58,13 +58,15 @@ def test_enroll_identify_remove_round_trip(location, verifier):
 
 
 ENROLL = """
-import sys, time
+import os, sys, time
 from faceverify import Verifier
 from faceverify.gallery import Gallery, GalleryStore
 refresh = GalleryStore._refresh_template
-def held(self, identity):  # keep the write transaction open long enough to be killed in it
+def held(self, identity):  # keep the write transaction open until the test releases it
     print("in-transaction", flush=True)
-    time.sleep(float(sys.argv[3]))
+    deadline = time.time() + 120
+    while sys.argv[3] != "-" and not os.path.exists(sys.argv[3]) and time.time() < deadline:
+        time.sleep(0.05)
     refresh(self, identity)
 GalleryStore._refresh_template = held
 with Gallery(sys.argv[1], Verifier(sys.argv[2], device="cpu"), busy_timeout_s=float(sys.argv[4])) as g:
@@ -72,8 +74,10 @@ with Gallery(sys.argv[1], Verifier(sys.argv[2], device="cpu"), busy_timeout_s=fl
 """
 
 
-def enroll_in_child(location, name, photos, hold_s, busy_s):
-    return subprocess.Popen([sys.executable, "-c", ENROLL, location, str(BUNDLED), str(hold_s), str(busy_s),
+def enroll_in_child(location, name, photos, release, busy_s):
+    """Enrol in another process; it holds its write transaction until the file `release` exists
+    ("-": no wait)."""
+    return subprocess.Popen([sys.executable, "-c", ENROLL, location, str(BUNDLED), str(release), str(busy_s),
                              name, *map(str, photos)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -86,10 +90,11 @@ def wait_for(proc, word, timeout=240):
     raise AssertionError(f"never saw {word!r}: {proc.stderr.read()[-2000:]}")
 
 
-def test_sigkill_mid_enrollment_leaves_no_partial_identity(location, verifier):
+@pytest.mark.slow
+def test_sigkill_mid_enrollment_leaves_no_partial_identity(location, verifier, tmp_path):
     with Gallery(location, verifier) as gallery:
         gallery.enroll("Abdullah Gul", PEOPLE["Abdullah Gul"])
-    proc = enroll_in_child(location, "Half Written", PEOPLE["Aaron Peirsol"], 60, 10)
+    proc = enroll_in_child(location, "Half Written", PEOPLE["Aaron Peirsol"], tmp_path / "never", 10)
     wait_for(proc, "in-transaction")
     proc.kill()
     proc.wait()
@@ -100,15 +105,20 @@ def test_sigkill_mid_enrollment_leaves_no_partial_identity(location, verifier):
         assert len(gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"]).added) == 2  # writable again
 
 
-def test_two_concurrent_writers(location, verifier):
+@pytest.mark.slow
+def test_two_concurrent_writers(location, verifier, tmp_path):
     with Gallery(location, verifier):
         pass  # created before the writers race
-    first = enroll_in_child(location, "Writer One", PEOPLE["Aaron Peirsol"], 20, 30)
+    release = tmp_path / "release"
+    first = enroll_in_child(location, "Writer One", PEOPLE["Aaron Peirsol"], release, 30)
     wait_for(first, "in-transaction")
-    patient = enroll_in_child(location, "Writer Two", PEOPLE["Abdullah Gul"], 0, 60)  # waits, then writes
-    impatient = enroll_in_child(location, "Writer Three", PEOPLE["Alicia Silverstone"], 0, 0.5)
-    outputs = [p.communicate(timeout=300) for p in (first, patient, impatient)]
+    impatient = enroll_in_child(location, "Writer Three", PEOPLE["Alicia Silverstone"], "-", 0.5)
+    _, impatient_err = impatient.communicate(timeout=300)  # gives up on the held lock: busy error
+    patient = enroll_in_child(location, "Writer Two", PEOPLE["Abdullah Gul"], "-", 120)  # waits, then writes
+    time.sleep(3)
+    release.touch()
+    outputs = [p.communicate(timeout=300) for p in (first, patient)]
     assert first.returncode == 0 and patient.returncode == 0, outputs
-    assert impatient.returncode != 0 and GalleryBusyError.__name__ in outputs[2][1]
+    assert impatient.returncode != 0 and GalleryBusyError.__name__ in impatient_err, impatient_err[-2000:]
     with Gallery(location, verifier) as gallery:
         assert [n for n, _, _ in gallery.identities()] == ["Writer One", "Writer Two"]
