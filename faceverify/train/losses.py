@@ -11,6 +11,8 @@ import torch
 from pytorch_metric_learning import losses, miners
 from torch import nn
 
+from .memory_bank import MINING, MemoryBankTriplet
+
 OBJECTIVES = ("triplet", "contrastive", "ntxent", "supcon", "arcface")
 TRIPLET_MINING = ("batch-hard", "semihard", "hard", "all")
 
@@ -24,6 +26,7 @@ class ObjectiveConfig:
     arcface_margin_deg: float = 28.6  # arcface additive angular margin (0.5 rad)
     arcface_scale: float = 64.0
     xbm_memory: int = 0  # > 0 wraps the loss in a cross-batch memory of this many embeddings
+    memory_bank: int = 0  # > 0, triplet only: negatives mined from a queue of this many (O(B·M))
 
 
 class Objective(nn.Module):
@@ -66,6 +69,10 @@ def batch_distance_stats(embeddings: torch.Tensor, labels: torch.Tensor) -> dict
 def build_objective(cfg: ObjectiveConfig, embedding_dim: int, num_classes: int) -> Objective:
     if cfg.name not in OBJECTIVES:
         raise ValueError(f"unknown objective {cfg.name!r}; choose one of {OBJECTIVES}")
+    if cfg.memory_bank > 0:
+        if cfg.name != "triplet" or cfg.mining not in MINING:
+            raise ValueError(f"the memory bank is a triplet objective with mining in {MINING}")
+        return Objective(MemoryBankTriplet(embedding_dim, cfg.memory_bank, cfg.margin, cfg.mining))
     loss, miner = _base_loss(cfg, embedding_dim, num_classes)
     if cfg.xbm_memory > 0:
         if cfg.name == "arcface":
