@@ -14,6 +14,7 @@ if __name__ == "__main__":
         subprocess.run([sys.executable, "-m", "faceverify.cli", "prepare", str(DATA / "orl"), str(orl)],
                        check=True)
         for script, args in [("bench_cli.py", []), ("bench_inference.py", []), ("bench_gallery.py", []),
-                             ("bench_training.py", [str(orl)])]:
+                             ("bench_training.py", [str(orl)]),
+                             ("bench_openset.py", ["--counts", "0", "--plot", str(Path(tmp) / "openset.png")])]:
             print(f"\n## {script}", flush=True)
             subprocess.run([sys.executable, str(HERE / script), *args], check=True)
