@@ -42,7 +42,10 @@ def user_error(message: str) -> gr.Error:
 class PhotoInput(gr.Image):
     """`gr.Image` that hands the app the uploaded file's path without opening it: Gradio's own
     preprocessing decodes first (a 144 MP JPEG becomes 432 MB before any check) and answers
-    unreadable files with its raw "Could not preprocess" message."""
+    unreadable files with its raw "Could not preprocess" message. A template component: the
+    browser renders it with gr.Image's own frontend."""
+
+    is_template = True
 
     def preprocess(self, payload):
         if payload is None or payload.path is None:  # nothing, or an inline data: URL
