@@ -101,19 +101,13 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    if bool(args.pairs) == bool(args.identities):
-        raise FaceVerifyError("give --pairs FILE --root DIR, or --identities MANIFEST [--split NAME]")
+    _check_evaluation_set(args)
     verifier = _verifier(args)
     if args.identities:
         return _evaluate_identities(args, verifier)
-    from .data import read_pairs
-    from .evaluation import AlignedPairs
     from .metrics import plot_roc, verification_report
 
-    if args.root is None:
-        raise FaceVerifyError("--pairs needs --root, the folder its paths are relative to")
-    aligned = _cached(args.cache, AlignedPairs, lambda: AlignedPairs.build(
-        read_pairs(args.pairs, args.root), verifier.detector, args.face_policy, progress=not args.quiet))
+    aligned = _aligned_pairs(args, verifier)
     scores, valid = aligned.scores(verifier.embed_aligned)
     report = verification_report(scores, aligned.same, aligned.folds, valid)
     print(report.summary(), file=sys.stderr)
@@ -126,13 +120,9 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate_identities(args, verifier) -> int:
     """Every genuine and impostor pair of a labelled set (LFW dev_eval: ~3M impostor pairs)."""
-    from .data import load_samples
-    from .evaluation import AlignedIdentities
     from .metrics import all_pairs_report
 
-    aligned = _cached(args.cache, AlignedIdentities, lambda: AlignedIdentities.build(
-        load_samples(args.identities, args.split), verifier.detector, args.face_policy,
-        progress=not args.quiet))
+    aligned = _aligned_identities(args, verifier)
     genuine, impostor = aligned.scores(verifier.embed_aligned)
     report = all_pairs_report(genuine, impostor)
     tars = ", ".join(f"TAR@FAR={far}: " + (f"{hit['tar']:.4f}" if hit else "n/a")
@@ -145,8 +135,33 @@ def _evaluate_identities(args, verifier) -> int:
     return EXIT_OK
 
 
+def _check_evaluation_set(args) -> None:
+    if bool(args.pairs) == bool(args.identities):
+        raise FaceVerifyError("give --pairs FILE --root DIR, or --identities MANIFEST [--split NAME]")
+    if args.pairs and args.root is None:
+        raise FaceVerifyError("--pairs needs --root, the folder its paths are relative to")
+
+
+def _aligned_pairs(args, verifier):
+    """The pairs file's photos aligned once (from `--cache` when it exists, else saved there)."""
+    from .data import read_pairs
+    from .evaluation import AlignedPairs
+
+    return _cached(args.cache, AlignedPairs, lambda: AlignedPairs.build(
+        read_pairs(args.pairs, args.root), verifier.detector, args.face_policy, progress=not args.quiet))
+
+
+def _aligned_identities(args, verifier):
+    """Every photo of the labelled set aligned once (from `--cache` when it exists, else saved)."""
+    from .data import load_samples
+    from .evaluation import AlignedIdentities
+
+    return _cached(args.cache, AlignedIdentities, lambda: AlignedIdentities.build(
+        load_samples(args.identities, args.split), verifier.detector, args.face_policy,
+        progress=not args.quiet))
+
+
 def _cached(path, kind, build):
-    """An aligned evaluation set from `path` if it exists, else built (and saved there)."""
     if path and Path(path).is_file():
         return kind.load(path)
     aligned = build()
@@ -180,39 +195,28 @@ def add_calibrate(sub) -> None:
 
 def cmd_calibrate(args) -> int:
     from .models import set_thresholds
+    from .operating import ALL_PAIRS_ROC, roc_table
 
     if str(args.model).endswith(".onnx"):
         raise FaceVerifyError("calibrate a checkpoint (.pt), then export it: ONNX files are read-only")
-    if bool(args.pairs) == bool(args.identities):
-        raise FaceVerifyError("give --pairs FILE --root DIR, or --identities MANIFEST [--split NAME]")
+    _check_evaluation_set(args)
     verifier = _verifier(args)
     thresholds = dict(verifier.metadata.get("thresholds", {}))
     if args.pairs:
-        from .data import read_pairs
-        from .evaluation import AlignedPairs
         from .metrics import calibrated_thresholds
 
-        aligned = _cached(args.cache, AlignedPairs, lambda: AlignedPairs.build(
-            read_pairs(args.pairs, args.root), verifier.detector, args.face_policy, progress=not args.quiet))
+        aligned = _aligned_pairs(args, verifier)
         scores, valid = aligned.scores(verifier.embed_aligned)
         thresholds.update(calibrated_thresholds(scores, aligned.same, aligned.folds, valid, Path(args.pairs).name))
     else:
-        from .data import load_samples
-        from .evaluation import AlignedIdentities
-        from .operating import ALL_PAIRS_ROC, roc_table
-
-        aligned = _cached(args.cache, AlignedIdentities, lambda: AlignedIdentities.build(
-            load_samples(args.identities, args.split), verifier.detector, args.face_policy,
-            progress=not args.quiet))
-        genuine, impostor = aligned.scores(verifier.embed_aligned)
-        source = f"{Path(args.identities).name}" + (f" split {args.split}" if args.split else "")
+        genuine, impostor = _aligned_identities(args, verifier).scores(verifier.embed_aligned)
+        source = Path(args.identities).name + (f" split {args.split}" if args.split else "")
         thresholds[ALL_PAIRS_ROC] = {"source": source, "genuine_pairs": int(len(genuine)),
                                      "impostor_pairs": int(len(impostor)),
                                      "columns": ["threshold", "far", "tar", "impostors_accepted"],
                                      "points": roc_table(genuine, impostor)}
     set_thresholds(args.model, thresholds)
-    print(json.dumps({k: (v if k not in ("roc", "roc_all_pairs") else f"{len(v) if k == 'roc' else len(v['points'])} points")
-                      for k, v in thresholds.items()}, indent=2))
+    print(json.dumps({k: v for k, v in thresholds.items() if k not in ("roc", ALL_PAIRS_ROC)}, indent=2))
     return EXIT_OK
 
 
@@ -238,7 +242,8 @@ def cmd_export(args) -> int:
 
 
 def _gallery_args(p) -> None:
-    p.add_argument("--gallery", required=True, type=Path, help="SQLite gallery file")
+    # a str, not a Path: Path would fold postgresql:// into postgresql:/
+    p.add_argument("--gallery", required=True, help="SQLite gallery file, or a postgresql:// URL")
     p.add_argument("--index", default="auto", help="auto | numpy | faiss-flat | faiss-ivf | faiss-hnsw")
     p.add_argument("--busy-timeout", type=float, default=10.0,
                    help="seconds to wait for another writer before giving up")

@@ -122,3 +122,17 @@ def test_two_concurrent_writers(location, verifier, tmp_path):
     assert impatient.returncode != 0 and GalleryBusyError.__name__ in impatient_err, impatient_err[-2000:]
     with Gallery(location, verifier) as gallery:
         assert [n for n, _, _ in gallery.identities()] == ["Writer One", "Writer Two"]
+
+
+def test_command_line_takes_either_location(location):
+    """`--gallery` is a file path or a postgresql:// URL (not folded into a path)."""
+    model = ("--gallery", location, "--model", str(BUNDLED))
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "faceverify.cli", *map(str, args), *model], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    cli("enroll", "--name", "Aaron Peirsol", *PEOPLE["Aaron Peirsol"])
+    assert cli("identify", lfw("Aaron_Peirsol", 3)).stdout.split(": ")[1].startswith("Aaron Peirsol")

@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from faceverify.data import read_pairs  # noqa: E402
-from faceverify.detect import TorchMTCNN, select_face  # noqa: E402
-from faceverify.images import load_rgb  # noqa: E402
+from faceverify.detect import TorchMTCNN, detect_faces, select_face  # noqa: E402
+from faceverify.errors import FaceVerifyError  # noqa: E402
 from faceverify.metrics import cosine_scores, verification_report  # noqa: E402
 from faceverify.train.teachers import TEACHER_FACTORIES, build_teacher, embed_prepared  # noqa: E402
 
@@ -26,13 +26,14 @@ from faceverify.train.teachers import TEACHER_FACTORIES, build_teacher, embed_pr
 def evaluate_teacher(teacher, pairs_file: str, root: str) -> dict:
     pairs = read_pairs(pairs_file, root)
     paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
-    detector = TorchMTCNN()
-    vectors = {}
-    for path in tqdm(paths, desc=f"teacher {teacher.name} on pairs", unit="img"):
-        image = load_rgb(path)
-        faces = detector.detect([image])[0]
-        if faces:
-            vectors[path] = teacher.embed(image, [select_face(faces, image.shape, "central")])[0]
+    detector, vectors = TorchMTCNN(), {}
+    for start in tqdm(range(0, len(paths), 32), desc=f"teacher {teacher.name} on pairs", unit="batch"):
+        batch = paths[start:start + 32]
+        # the student's own detection step (padding retry included), then the teacher's alignment
+        for path, found in zip(batch, detect_faces(batch, detector)):
+            if not isinstance(found, FaceVerifyError) and found.faces:
+                face = select_face(found.faces, found.image.shape, "central")
+                vectors[path] = teacher.embed(found.image, [face])[0]
     valid = np.array([p.left in vectors and p.right in vectors for p in pairs])
     zero = np.zeros(teacher.dim, np.float32)
     scores = cosine_scores(np.stack([vectors.get(p.left, zero) for p in pairs]),

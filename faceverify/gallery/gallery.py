@@ -108,7 +108,7 @@ class Gallery:
 
     def operating_point(self) -> OperatingPoint:
         """The threshold in force now and its expected FPIR / FNIR at the current gallery size."""
-        identities = max(1, len(self.store.identities()))
+        identities = max(1, self.store.identity_count())
         fpir = self.target_fpir or self.store.target_fpir
         if self.pinned is not None:
             threshold, rule = self.pinned, "pinned"

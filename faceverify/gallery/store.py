@@ -144,6 +144,9 @@ class GalleryStore(ABC):
             "SELECT images.id, identities.name, images.source FROM images JOIN identities "
             "ON identities.id = images.identity_id WHERE sha256 = ?", (sha256,)).fetchone()
 
+    def identity_count(self) -> int:
+        return self._execute("SELECT COUNT(*) FROM identities").fetchone()[0]
+
     def identities(self) -> list[tuple[str, int, str]]:
         """(name, number of images, created) for every identity, by name."""
         return [tuple(r) for r in self._execute(

@@ -60,8 +60,7 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
                 names += pack["identities"][pack["identity_index"]].tolist()
             keys += [f"{dataset}#{i}" for i in range(len(offsets) - 1)]
             continue
-        folder = Path(dataset).resolve()
-        prefix = (folder.parent if folder.suffix == ".csv" else folder).name
+        prefix = _prepared_folder(dataset).resolve().name
         for sample in load_samples(dataset, split):
             sources.append(sample.path)
             keys.append(str(sample.path))
@@ -75,11 +74,16 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
     return FaceArray(crops, labels.astype(np.int64), identities.tolist(), targets)
 
 
+def _prepared_folder(dataset) -> Path:
+    """The folder of a prepared dataset given as the folder or its manifest.csv."""
+    return Path(dataset).parent if str(dataset).endswith(".csv") else Path(dataset)
+
+
 def _teacher_targets(datasets: list, teacher: str, keys: list[str]) -> np.ndarray:
     """(len(keys), dim) float16 embeddings of `teacher` for crops keyed by path; NaN where none."""
     found = {}
     for dataset in datasets:
-        folder = Path(dataset).parent if str(dataset).endswith(".csv") else Path(dataset)
+        folder = _prepared_folder(dataset)
         part_keys, vectors = load_teacher_parts(folder / TEACHERS_DIR / teacher)
         found.update((str(folder / key), vector) for key, vector in zip(part_keys, vectors))
     if not found:

@@ -114,8 +114,10 @@ def embed_prepared(source: str | Path, prepared: str | Path, teacher: Teacher, *
     with ThreadPoolExecutor(max_workers=1) as pool, \
             tqdm(total=len(todo), desc=f"teacher {teacher.name}", unit="face", disable=not progress) as bar:
         parts = [todo[i:i + part_size] for i in range(0, len(todo), part_size)]
+        def decode(part):
+            return [load_rgb(photos[row["source"]]) for row in part]
+
         # decode the next part's photos in a thread while the teacher runs on this one
-        decode = lambda part: [load_rgb(photos[row["source"]]) for row in part]  # noqa: E731
         pending = pool.submit(decode, parts[0]) if parts else None
         for index, part in enumerate(parts):
             images = pending.result()
