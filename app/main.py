@@ -81,8 +81,7 @@ class FaceApp:
         self.verifier, self.gallery_path = verifier, Path(gallery_path)
         self.outputs = outputs or OutputFiles()
         self._lock = threading.Lock()  # one inference at a time on the shared model
-        thresholds = verifier.metadata.get("thresholds", {})
-        self.roc = thresholds.get("roc")
+        self.roc = verifier.metadata.pairs_roc
         self.default_threshold = verifier.threshold()
 
     def gallery(self) -> Gallery:
@@ -175,9 +174,9 @@ class FaceApp:
     # ----------------------------------------------------------------- about
     def about(self) -> str:
         meta = self.verifier.metadata
-        dev = meta.get("training", {}).get("dev", {})
-        lines = [f"**Model** {meta['arch']}, {meta['embedding_dim']}-d embeddings, weights "
-                 f"`{meta['weights_sha256'][:12]}`, running on {', '.join(self.verifier.providers)}."]
+        dev = meta.dev
+        lines = [f"**Model** {meta.arch}, {meta.embedding_dim}-d embeddings, weights "
+                 f"`{meta.short_hash}`, running on {', '.join(self.verifier.providers)}."]
         if dev:
             lines.append(f"**Dev pairs (LFW folds 7-8)** accuracy {100 * dev['accuracy']:.2f}%, "
                          f"AUC {dev['auc']:.4f}, EER {100 * dev['eer']:.2f}%.")

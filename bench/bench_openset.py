@@ -23,7 +23,7 @@ from common import ROOT, table
 from faceverify.data import load_samples
 from faceverify.evaluation import AlignedIdentities
 from faceverify.gallery.gallery import DEFAULT_FPIR
-from faceverify.operating import ALL_PAIRS_ROC, describe, far_for_fpir, threshold_for_far
+from faceverify.operating import describe, far_for_fpir, threshold_for_far
 from faceverify.train.data import load_face_array
 from faceverify.verifier import Verifier
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     verifier = Verifier(args.model, device="cpu")
-    roc = verifier.metadata.get("thresholds", {}).get(ALL_PAIRS_ROC)
+    roc = verifier.metadata.all_pairs_roc
     if roc is None:
         raise SystemExit(f"{args.model}: no all-pairs ROC; run `faceverify calibrate --identities` first")
     if args.cache and args.cache.is_file():
@@ -73,7 +73,7 @@ def main() -> None:
         aligned = AlignedIdentities.build(load_samples(LFW / "manifest.csv", "dev_eval"), verifier.detector)
         if args.cache:
             aligned.save(args.cache)
-    embeddings = np.zeros((len(aligned.crops), verifier.metadata["embedding_dim"]), np.float32)
+    embeddings = np.zeros((len(aligned.crops), verifier.metadata.embedding_dim), np.float32)
     embeddings[aligned.ok] = verifier.embed_aligned(aligned.crops[aligned.ok])
     enrol, mated, strangers = split_known(aligned, args.known, args.seed)
     known_templates = np.stack([templates(embeddings[rows]) for rows in enrol.values()])

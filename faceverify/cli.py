@@ -69,13 +69,13 @@ def cmd_embed(args) -> int:
 
     verifier = _verifier(args, args.face_policy)
     results = verifier.analyze(args.images, [str(p) for p in args.images])
-    dim = verifier.metadata["embedding_dim"]
+    dim = verifier.metadata.embedding_dim
     ok = [isinstance(r, FaceEmbedding) for r in results]
     np.savez(args.out, paths=np.array([str(p) for p in args.images]),
              embeddings=np.stack([r.embedding if k else np.full(dim, np.nan, np.float32)
                                   for r, k in zip(results, ok)]),
              ok=np.array(ok), status=np.array(["ok" if k else str(r) for r, k in zip(results, ok)]),
-             weights_sha256=verifier.metadata["weights_sha256"])
+             weights_sha256=verifier.metadata.weights_sha256)
     for r, path in zip(results, args.images):
         if not isinstance(r, FaceEmbedding):
             print(f"warning: {r}", file=sys.stderr)
@@ -114,7 +114,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         _write_report(args, verifier, {**report.to_dict(), "failures": aligned.failures})
     if args.roc:
-        plot_roc(scores, aligned.same, args.roc, valid, label=verifier.metadata["arch"])
+        plot_roc(scores, aligned.same, args.roc, valid, label=verifier.metadata.arch)
     return EXIT_OK
 
 
@@ -173,7 +173,7 @@ def _cached(path, kind, build):
 def _write_report(args, verifier, report: dict) -> None:
     Path(args.json).write_text(json.dumps(
         {"pairs_file": str(args.pairs or args.identities), "split": args.split,
-         "weights_sha256": verifier.metadata["weights_sha256"], "arch": verifier.metadata["arch"],
+         "weights_sha256": verifier.metadata.weights_sha256, "arch": verifier.metadata.arch,
          "providers": verifier.providers, "face_policy": args.face_policy, "flip": args.flip,
          **report}, indent=2))
 
@@ -195,13 +195,14 @@ def add_calibrate(sub) -> None:
 
 def cmd_calibrate(args) -> int:
     from .models import set_thresholds
-    from .operating import ALL_PAIRS_ROC, roc_table
+    from .metadata import ALL_PAIRS_ROC, PAIRS_ROC
+    from .operating import roc_table
 
     if str(args.model).endswith(".onnx"):
         raise FaceVerifyError("calibrate a checkpoint (.pt), then export it: ONNX files are read-only")
     _check_evaluation_set(args)
     verifier = _verifier(args)
-    thresholds = dict(verifier.metadata.get("thresholds", {}))
+    thresholds = dict(verifier.metadata.thresholds)
     if args.pairs:
         from .metrics import calibrated_thresholds
 
@@ -216,7 +217,7 @@ def cmd_calibrate(args) -> int:
                                      "columns": ["threshold", "far", "tar", "impostors_accepted"],
                                      "points": roc_table(genuine, impostor)}
     set_thresholds(args.model, thresholds)
-    print(json.dumps({k: v for k, v in thresholds.items() if k not in ("roc", ALL_PAIRS_ROC)}, indent=2))
+    print(json.dumps({k: v for k, v in thresholds.items() if k not in (PAIRS_ROC, ALL_PAIRS_ROC)}, indent=2))
     return EXIT_OK
 
 
@@ -233,8 +234,8 @@ def cmd_export(args) -> int:
     from .export import export_embedder, export_mtcnn
 
     metadata = export_embedder(args.checkpoint, args.out, args.input_dtype)
-    print(f"{args.out}: {metadata['arch']}, dim {metadata['embedding_dim']}, opset "
-          f"{metadata['onnx']['opset']}, weights {metadata['weights_sha256'][:12]}", file=sys.stderr)
+    print(f"{args.out}: {metadata.arch}, dim {metadata.embedding_dim}, opset "
+          f"{metadata.onnx['opset']}, weights {metadata.short_hash}", file=sys.stderr)
     if args.mtcnn:
         for path in export_mtcnn(args.mtcnn):
             print(path, file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .metadata import ModelMetadata
 from .models import load_checkpoint
 
 
@@ -19,10 +20,10 @@ class TorchEmbedder:
 
     torch_free = False
 
-    def __init__(self, model: torch.nn.Module, metadata: dict | None = None, device: str = "cpu",
+    def __init__(self, model: torch.nn.Module, metadata: ModelMetadata | None = None, device: str = "cpu",
                  batch_size: int = 64):
         self.model, self.device, self.batch_size = model, device, batch_size
-        self.metadata = metadata or {"arch": model.arch, "embedding_dim": model.embedding_dim}
+        self.metadata = metadata or ModelMetadata(model.arch, model.embedding_dim)
         self.providers = [f"torch:{device}"]
 
     @classmethod
@@ -33,7 +34,7 @@ class TorchEmbedder:
 
     @torch.inference_mode()
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        out = np.empty((len(crops), self.metadata["embedding_dim"]), dtype=np.float32)
+        out = np.empty((len(crops), self.metadata.embedding_dim), dtype=np.float32)
         for start in range(0, len(crops), self.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(crops[start:start + self.batch_size]))
             batch = batch.to(self.device).permute(0, 3, 1, 2)

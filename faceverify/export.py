@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .metadata import ModelMetadata
 from .models import load_checkpoint
 from .runtime import METADATA_KEY
 
@@ -31,19 +32,19 @@ class _NHWCEmbedder(nn.Module):
         return self.model(faces.permute(0, 3, 1, 2))
 
 
-def export_embedder(checkpoint: str | Path, out: str | Path, input_dtype: str = "uint8") -> dict:
+def export_embedder(checkpoint: str | Path, out: str | Path, input_dtype: str = "uint8") -> ModelMetadata:
     """Export a checkpoint to ONNX; returns the metadata written into the file."""
     import onnx
 
     model, metadata = load_checkpoint(checkpoint)
     wrapper = _NHWCEmbedder(model).eval()
-    size = metadata["input_size"]
+    size = metadata.input_size
     dtype = torch.uint8 if input_dtype == "uint8" else torch.float32
     example = torch.zeros(2, size, size, 3, dtype=dtype)
     _export(wrapper, example, out, ["faces"], ["embeddings"], {"faces": {0: "batch"}})
     proto = onnx.load(str(out))
-    metadata = {**metadata, "onnx": {"opset": OPSET, "input_dtype": input_dtype}}
-    _set_metadata(proto, metadata)
+    metadata = metadata.replace(onnx={"opset": OPSET, "input_dtype": input_dtype})
+    _set_metadata(proto, metadata.to_dict())
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out))
     return metadata

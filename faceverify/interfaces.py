@@ -6,12 +6,14 @@ from typing import Protocol
 
 import numpy as np
 
+from .metadata import ModelMetadata
+
 
 class FaceEmbedder(Protocol):
     """Aligned faces → embeddings: `embed.TorchEmbedder` and `runtime.OnnxEmbedder` implement it."""
 
-    #: the model file's metadata (arch, embedding_dim, thresholds, weights_sha256, ...; DESIGN.md)
-    metadata: dict
+    #: the model file's metadata (arch, embedding_dim, thresholds, weights_sha256, ...)
+    metadata: ModelMetadata
     #: where it runs, e.g. ["CUDAExecutionProvider", ...] or ["torch:cpu"]
     providers: list[str]
     #: True when no torch is needed (the detector then runs on onnxruntime too)

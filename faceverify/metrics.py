@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .metadata import BEST_ACCURACY, FAR_1E2, PAIRS_ROC
+
 FARS = (1e-1, 1e-2, 1e-3)
 #: Operating points reported for all-pairs evaluation of a labelled set (millions of impostor pairs).
 LOW_FARS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
@@ -199,15 +201,15 @@ def calibrated_thresholds(scores, same, folds, valid, source: str, roc_points: i
     """Model-metadata thresholds from dev-pair scores: best accuracy and FAR = 1e-2, plus a
     subsampled ROC (threshold, FAR, TAR) so a UI can say what any threshold means."""
     report = verification_report(scores, same, folds, valid)
-    thresholds = {"best_accuracy": {"value": report.best_threshold, "pairs": source,
-                                    "accuracy": report.accuracy_mean}}
+    thresholds = {BEST_ACCURACY: {"value": report.best_threshold, "pairs": source,
+                                  "accuracy": report.accuracy_mean}}
     at_far = report.tar_at_far.get("0.01")
     if at_far:
-        thresholds["far_1e-2"] = {"value": at_far["threshold"], "pairs": source, "tar": at_far["tar"]}
+        thresholds[FAR_1E2] = {"value": at_far["threshold"], "pairs": source, "tar": at_far["tar"]}
     fpr, tpr, cut = roc_curve(scores, same, valid)
     keep = np.isfinite(cut)
     picks = np.unique(np.linspace(0, keep.sum() - 1, roc_points).round().astype(int))
-    thresholds["roc"] = [[round(float(t), 5), round(float(f), 5), round(float(r), 5)]
+    thresholds[PAIRS_ROC] = [[round(float(t), 5), round(float(f), 5), round(float(r), 5)]
                          for t, f, r in zip(cut[keep][picks], fpr[keep][picks], tpr[keep][picks])]
     return thresholds
 

@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-#: The metadata key of the ROC measured on every pair of a labelled set.
-ALL_PAIRS_ROC = "roc_all_pairs"
 #: How many points of that ROC are stored (log-spaced in FAR).
 ROC_POINTS = 160
 

@@ -7,13 +7,13 @@ could not be used is a loud warning, never a silent switch.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelError
+from .metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ class OnnxEmbedder:
         self.session = create_session(self.path, providers)
         self.providers = self.session.get_providers()
         props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
-        if "embedding_dim" not in self.metadata:
-            raise ModelError(f"{path}: not a faceverify embedding model (export one with `faceverify export`)")
+        self.metadata = ModelMetadata.from_json(props.get(METADATA_KEY, "{}"), str(path))
         self.input = self.session.get_inputs()[0]
         self.batch_size = batch_size
         self._dtype = np.uint8 if self.input.type == "tensor(uint8)" else np.float32
@@ -73,4 +71,4 @@ class OnnxEmbedder:
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         out = [self.session.run(None, {self.input.name: crops[i:i + self.batch_size].astype(self._dtype, copy=False)})[0]
                for i in range(0, len(crops), self.batch_size)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.metadata["embedding_dim"]), np.float32)
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.metadata.embedding_dim), np.float32)

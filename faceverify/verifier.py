@@ -18,6 +18,7 @@ from .detect import AlignedFace, Detector, align_all, detect_and_align, detect_f
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput
 from .interfaces import FaceEmbedder
+from .metadata import ModelMetadata
 from .metrics import cosine_scores
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Verifier:
         if embedder is None:
             embedder = load_embedder(model if model is not None else default_model_path(), device)
         self.embedder = embedder
-        self.metadata: dict = embedder.metadata
+        self.metadata: ModelMetadata = embedder.metadata
         if detector is None:
             detector = _default_detector(embedder, device)
         self.detector = detector
@@ -94,11 +95,7 @@ class Verifier:
 
     def threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
         """Decision threshold calibrated on the model's dev pairs ("best_accuracy" or "far_1e-2")."""
-        try:
-            return float(self.metadata["thresholds"][operating_point]["value"])
-        except (KeyError, TypeError):
-            raise ModelError(f"the model has no calibrated {operating_point!r} threshold; "
-                             "pass threshold=... explicitly") from None
+        return self.metadata.threshold(operating_point)
 
     def analyze(self, images: Sequence[ImageInput], names: Sequence[str] | None = None,
                 face_policy: str | None = None) -> list[FaceEmbedding | FaceVerifyError]:

@@ -151,7 +151,7 @@ def test_student_learns_from_real_teacher_embeddings(taught, tmp_path):
     from faceverify.models import load_checkpoint
 
     student, metadata = load_checkpoint(tmp_path / "final.pt")  # the embedder alone: no projector
-    assert "public domain" in metadata["training"]["distillation"]["licences"]["dlib"]
+    assert "public domain" in metadata.training["distillation"]["licences"]["dlib"]
     assert student.embedding_dim == 64
 
 

@@ -33,13 +33,13 @@ def test_export_parity_and_metadata(tmp_path, crops):
     onnx.checker.check_model(str(out), full_check=True)
     session = OnnxEmbedder(out)
     assert session.providers[-1] == "CPUExecutionProvider"
-    assert session.metadata["weights_sha256"] == metadata["weights_sha256"]
-    assert session.metadata["thresholds"] == TorchEmbedder.from_checkpoint(BUNDLED, "cpu").metadata["thresholds"]
+    assert session.metadata == metadata  # the same ModelMetadata, read back from the file
+    assert session.metadata.thresholds == TorchEmbedder.from_checkpoint(BUNDLED, "cpu").metadata.thresholds
     torch_out = TorchEmbedder.from_checkpoint(BUNDLED, "cpu")(crops)
     for batch in (1, 4, len(crops)):  # dynamic batch
         assert np.abs(session(crops[:batch]) - torch_out[:batch]).max() < 1e-4
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert int(props["embedding_dim"]) == metadata["embedding_dim"] and "template" in json.loads(props["faceverify"])
+    assert int(props["embedding_dim"]) == metadata.embedding_dim and "template" in json.loads(props["faceverify"])
 
 
 def test_float_input_export(tmp_path, crops):
@@ -50,7 +50,7 @@ def test_float_input_export(tmp_path, crops):
 
 def test_bundled_onnx_matches_bundled_checkpoint(crops):
     onnx_model, torch_model = OnnxEmbedder(BUNDLED_ONNX), TorchEmbedder.from_checkpoint(BUNDLED, "cpu")
-    assert onnx_model.metadata["weights_sha256"] == torch_model.metadata["weights_sha256"]
+    assert onnx_model.metadata.weights_sha256 == torch_model.metadata.weights_sha256
     assert np.abs(onnx_model(crops) - torch_model(crops)).max() < 1e-4
 
 

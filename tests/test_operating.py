@@ -42,14 +42,14 @@ def calibrated_model(tmp_path_factory, verifier):
     from faceverify.data import load_samples
     from faceverify.evaluation import AlignedIdentities
     from faceverify.models import set_thresholds
-    from faceverify.operating import ALL_PAIRS_ROC
+    from faceverify.metadata import ALL_PAIRS_ROC
 
     samples = [s for s in load_samples(DATA / "lfw" / "manifest.csv", "dev_eval")][:240]
     aligned = AlignedIdentities.build(samples, verifier.detector, progress=False)
     genuine, impostor = aligned.scores(verifier.embed_aligned)
     path = tmp_path_factory.mktemp("calibrated") / "model.pt"
     shutil.copy(BUNDLED, path)
-    thresholds = {**verifier.metadata["thresholds"],
+    thresholds = {**verifier.metadata.thresholds,
                   ALL_PAIRS_ROC: {"points": roc_table(genuine, impostor), "source": "test"}}
     set_thresholds(path, thresholds)
     return path

@@ -12,7 +12,7 @@ def test_verify_decides_with_the_calibrated_threshold(verifier):
     same = verifier.verify(lfw("Abdullah_Gul", 1), lfw("Abdullah_Gul", 3))
     different = verifier.verify(lfw("Abdullah_Gul", 1), lfw("Alicia_Silverstone", 1))
     assert same.same and not different.same
-    assert same.threshold == verifier.threshold() == verifier.metadata["thresholds"]["best_accuracy"]["value"]
+    assert same.threshold == verifier.threshold() == verifier.metadata.thresholds["best_accuracy"]["value"]
     assert same.faces[0].crop.shape == (112, 112, 3)
 
 
@@ -20,7 +20,7 @@ def test_embed_is_normalised_and_order_preserving(verifier):
     images = [lfw("Aaron_Peirsol", i) for i in (1, 2, 3)]
     batch = verifier.embed(images)
     single = verifier.embed(images[1:2])
-    assert batch.shape == (3, verifier.metadata["embedding_dim"])
+    assert batch.shape == (3, verifier.metadata.embedding_dim)
     assert np.allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-5)
     assert np.allclose(batch[1], single[0], atol=3e-4)  # batched MTCNN/conv numerics differ slightly
 

@@ -4,10 +4,13 @@
 #   simclr-triplet  SimCLR on every set, labels ignored (+ the extra set), TOTAL/2 steps,
 #                   then the same triplet recipe from its weights for TOTAL/2 steps
 #   moco-triplet    the same with MoCo
+#   byol-triplet    the same with BYOL (no negatives: online + predictor regress an EMA target)
+#   swav-triplet    the same with SwAV (swapped prediction of Sinkhorn codes over prototypes)
 # and a control, scratch-half: the triplet recipe for TOTAL/2 steps alone (what the fine-tuning
 # budget gives without pretraining).
 # usage: training/ssl_experiment.sh ALIGNED_DIR OUT_DIR [TOTAL]   (ALIGNED_DIR holds the prepared
-# lfw, celeba, orl, yaleb and extra folders; CACHE=dir shares decoded crops between runs).
+# lfw, celeba, orl, yaleb and extra folders; CACHE=dir shares decoded crops between runs;
+# MODES="byol swav" runs only those pretraining modes, CONTROLS=0 skips the two scratch runs).
 # Interrupted? Run it again: finished runs are skipped, unfinished ones resume.
 set -euo pipefail
 aligned=$1 out=$2 total=${3:-600}
@@ -24,11 +27,15 @@ train() {  # train RUN CONFIG DATASETS STEPS [extra args]
     "data.cache_dir=$cache" "eval.cache=$cache/dev_pairs.npz" eval.every=150 checkpoint_every=150
 }
 
-train scratch cpu "$labelled" "$total"
-train scratch-half cpu "$labelled" "$half"
-for mode in simclr moco; do
+if [ "${CONTROLS:-1}" = 1 ]; then
+  train scratch cpu "$labelled" "$total"
+  train scratch-half cpu "$labelled" "$half"
+fi
+plots=()
+[ -d "$out/scratch" ] && plots+=("$out/scratch" "$out/scratch-half")
+for mode in ${MODES:-simclr moco byol swav}; do
   train "$mode" "$mode" "$unlabelled" "$half"
   train "$mode-triplet" cpu "$labelled" "$half" --init-from "$out/$mode/final.pt"
+  plots+=("$out/$mode" "$out/$mode-triplet@$half")
 done
-python training/plot_runs.py "$out/ssl-experiment.png" "$out/scratch" "$out/simclr" \
-  "$out/simclr-triplet@$half" "$out/moco" "$out/moco-triplet@$half" "$out/scratch-half"
+python training/plot_runs.py "$out/ssl-experiment.png" "${plots[@]}"

@@ -14,7 +14,8 @@ from tqdm import tqdm
 from ..data import load_samples
 from ..errors import FaceVerifyError, GalleryError, ModelMismatchError
 from ..images import ImageInput, load_rgb
-from ..operating import ALL_PAIRS_ROC, OperatingPoint, describe, far_for_fpir, threshold_for_far
+from ..metadata import BEST_ACCURACY, FAR_1E2
+from ..operating import OperatingPoint, describe, far_for_fpir, threshold_for_far
 from ..verifier import FaceEmbedding
 from .store import open_store
 
@@ -95,13 +96,12 @@ class Gallery:
                  busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None):
         self.verifier = verifier
         meta = verifier.metadata
-        self.roc = meta.get("thresholds", {}).get(ALL_PAIRS_ROC)
+        self.roc = meta.all_pairs_roc
         fixed = threshold
         if fixed is None:
-            points = meta.get("thresholds", {})
-            fixed = verifier.threshold("far_1e-2" if "far_1e-2" in points else "best_accuracy")
+            fixed = meta.threshold(FAR_1E2 if FAR_1E2 in meta.thresholds else BEST_ACCURACY)
         stored_fpir = target_fpir or (DEFAULT_FPIR if threshold is None and self.roc else None)
-        self.store = open_store(path, meta["weights_sha256"], meta["embedding_dim"], fixed,
+        self.store = open_store(path, meta.weights_sha256, meta.embedding_dim, fixed,
                                 busy_timeout_s, create, stored_fpir)
         self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()

@@ -1,13 +1,12 @@
 """Checkpoints that carry their own metadata, loaded with `torch.load(weights_only=True)`.
 
-A file is `{"metadata": <JSON-able dict>, "state_dict": {name: tensor}}`; the metadata (see
-DESIGN.md) is everything inference needs besides the weights: arch, embedding dim, input format,
-alignment template, calibrated thresholds and a hash that identifies the weights.
+A file is `{"metadata": <JSON text>, "state_dict": {name: tensor}}`; the metadata
+(`metadata.ModelMetadata`) is everything inference needs besides the weights: arch, embedding dim,
+input format, alignment template, calibrated thresholds and a hash that identifies the weights.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -15,10 +14,8 @@ import torch
 
 from ..align import ALIGNED_SIZE, TEMPLATE, TEMPLATE_NAME
 from ..errors import ModelError
+from ..metadata import ModelMetadata
 from .embedder import INPUT_FORMAT, Embedder
-
-FORMAT_VERSION = 1
-
 
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
@@ -40,57 +37,48 @@ def weights_sha256(state_dict: dict) -> str:
 
 
 def build_metadata(model: Embedder, thresholds: dict | None = None, training: dict | None = None,
-                   state_dict: dict | None = None) -> dict:
+                   state_dict: dict | None = None) -> ModelMetadata:
     """Metadata for `model`; the hash is of `state_dict` (the stored weights) when given."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "arch": model.arch,
-        "embedding_dim": model.embedding_dim,
-        "input_size": ALIGNED_SIZE,
-        "input_format": INPUT_FORMAT,
-        "template": {"name": TEMPLATE_NAME, "points": TEMPLATE.tolist()},
-        "thresholds": thresholds or {},
-        "weights_sha256": weights_sha256(state_dict if state_dict is not None else model.state_dict()),
-        "training": training or {},
-    }
+    return ModelMetadata(
+        arch=model.arch, embedding_dim=model.embedding_dim,
+        weights_sha256=weights_sha256(state_dict if state_dict is not None else model.state_dict()),
+        input_size=ALIGNED_SIZE, input_format=INPUT_FORMAT,
+        template={"name": TEMPLATE_NAME, "points": TEMPLATE.tolist()},
+        thresholds=thresholds or {}, training=training or {})
 
 
 def save_checkpoint(path: str | Path, model: Embedder, thresholds: dict | None = None,
-                    training: dict | None = None, half: bool = False) -> dict:
+                    training: dict | None = None, half: bool = False) -> ModelMetadata:
     """Write model + metadata atomically (temp file + rename); `half` stores fp16 weights."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
              for k, v in model.state_dict().items()}
     metadata = build_metadata(model, thresholds, training, state)
-    metadata["weights_dtype"] = "float16" if half else "float32"
-    atomic_save({"metadata": json.dumps(metadata), "state_dict": state}, path)
+    metadata.weights_dtype = "float16" if half else "float32"
+    atomic_save({"metadata": metadata.to_json(), "state_dict": state}, path)
     return metadata
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder, dict]:
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder, ModelMetadata]:
     """(model in eval mode, metadata); raises `ModelError` on a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        metadata = json.loads(blob["metadata"])
-        state = blob["state_dict"]
+        text, state = blob["metadata"], blob["state_dict"]
     except Exception as exc:  # unpickling errors come in many classes
         raise ModelError(f"{path}: not a faceverify checkpoint ({exc.__class__.__name__})") from None
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path}: checkpoint format {metadata.get('format_version')} is not "
-                         f"supported (expected {FORMAT_VERSION})")
-    model = Embedder(metadata["arch"], metadata["embedding_dim"])
+    metadata = ModelMetadata.from_json(text, str(path))
+    model = Embedder(metadata.arch, metadata.embedding_dim)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval(), metadata
 
 
-def set_thresholds(path: str | Path, thresholds: dict) -> dict:
+def set_thresholds(path: str | Path, thresholds: dict) -> ModelMetadata:
     """Store calibrated decision thresholds in a checkpoint's metadata (rewritten atomically)."""
     path = Path(path)
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    metadata = json.loads(blob["metadata"])
-    metadata["thresholds"] = thresholds
-    blob["metadata"] = json.dumps(metadata)
+    metadata = ModelMetadata.from_json(blob["metadata"], str(path)).replace(thresholds=thresholds)
+    blob["metadata"] = metadata.to_json()
     atomic_save(blob, path)
     return metadata

@@ -10,7 +10,7 @@ import yaml
 from .augment import AugmentConfig
 from .distill import DistillConfig
 from .losses import ObjectiveConfig
-from .methods import PretrainConfig
+from .pretraining import PretrainConfig
 
 
 @dataclass
@@ -57,7 +57,7 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/default"
-    mode: str = "supervised"  # supervised | simclr | moco (self-supervised: labels ignored)
+    mode: str = "supervised"  # supervised | simclr | moco | byol | swav (self-supervised: labels ignored)
     init_from: str | None = None  # start from this checkpoint's embedder (e.g. a pretraining run)
     seed: int = 0
     device: str = "auto"

@@ -1,13 +1,16 @@
 """The training loop: batches → augmented views → a training method (supervised P×K metric
-learning, or SimCLR / MoCo pretraining without labels), with the things long runs need: warm-up +
-cosine schedule, autocast, gradient clipping, periodic dev-pair evaluation with the shared metric
-code, best-checkpoint keeping, TensorBoard + tqdm, checkpoints every N steps and on SIGTERM, exact
+learning, or SimCLR / MoCo / BYOL / SwAV pretraining without labels) → optimiser step.
+
+The `Trainer` assembles the parts and runs the loop; each part does one thing elsewhere: the data
+(`data.load_face_array`, `sampling`), the method (`methods.build_method`), the learning rate and the
+run's position (`schedule.WarmupCosineSchedule`: warm-up + cosine, by steps or a time budget),
+logging and dev-pair evaluation with best-checkpoint keeping (`callbacks`). What stays here is
+what ties them: autocast, gradient clipping, checkpoints every N steps and on SIGTERM, exact
 resume, and DDP under torchrun (gloo on CPU, nccl on GPU; only rank 0 writes).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
@@ -28,16 +31,17 @@ from ..metrics import calibrated_thresholds, verification_report
 from ..models import Embedder, load_checkpoint, save_checkpoint
 from ..models.checkpoint import atomic_save
 from .augment import augment
+from .callbacks import Callback, DevEvaluation, RunLog, StepLogger
 from .config import TrainConfig
 from .data import load_face_array
 from .distill import Distillation
 from .losses import build_objective
 from .methods import build_method
 from .sampling import PKBatches, RandomBatches
+from .schedule import WarmupCosineSchedule
 from .teachers import TEACHER_FACTORIES
 
 STATE_FILE = "state.pt"  # everything needed to resume
-BEST_FILE = "best.pt"  # best dev accuracy so far, inference checkpoint with metadata
 FINAL_FILE = "final.pt"
 
 
@@ -56,15 +60,7 @@ class Trainer:
                                     cfg.data.min_images if self.supervised else 1,
                                     progress=progress and self.is_main, teachers=cfg.distill.teachers)
         self.targets = {name: torch.from_numpy(array) for name, array in self.data.teachers.items()}
-        images = len(self.data.labels)
-        if self.supervised:
-            per_rank = max(1, images // (cfg.data.p * cfg.data.k * self.world))
-            self.batches = PKBatches(self.data.labels, cfg.data.p, cfg.data.k, per_rank, cfg.seed, self.rank)
-            self.labels = torch.from_numpy(self.data.labels)
-        else:  # every image is its own class: its two views are the positive pair
-            per_rank = max(1, images // (cfg.ssl.batch_size * self.world))
-            self.batches = RandomBatches(images, cfg.ssl.batch_size, per_rank, cfg.seed, self.rank)
-            self.labels = torch.arange(images)
+        self.batches, self.labels = self._batches()
         self.crops = (torch.from_numpy(np.ascontiguousarray(self.data.crops)).to(self.device)
                       if cfg.data.on_device else self.data.crops)
 
@@ -74,97 +70,126 @@ class Trainer:
         self.model = self.model.to(self.device)
         if cfg.optim.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        objective = (build_objective(cfg.objective, cfg.model.embedding_dim, len(self.data.identities))
-                     if self.supervised else None)
-        distillation = (Distillation(cfg.model.embedding_dim,
-                                     {name: t.shape[1] for name, t in self.targets.items()}, cfg.distill)
-                        if self.targets else None)
-        self.step_module = build_method(cfg.mode, self.model, objective, cfg.ssl,
-                                        cfg.optim.channels_last, distillation).to(self.device)
+        self.step_module = self._method().to(self.device)
         if cfg.optim.compile:
             self.step_module.model = torch.compile(self.model)
-        # MoCo's key encoder is frozen (it follows by EMA): the optimiser never sees it
+        # momentum encoders (MoCo, BYOL) are frozen (they follow by EMA): the optimiser never sees them
         self.optimizer = _optimizer(cfg.optim, [p for p in self.step_module.parameters() if p.requires_grad])
+        self.schedule = WarmupCosineSchedule(cfg.optim)
         self.precision = _precision(cfg.optim.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == torch.float16)
         self.ddp = (nn.parallel.DistributedDataParallel(
             self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.world > 1 else self.step_module)
 
-        self.step = self.epoch = self.batch_in_epoch = 0
-        self.elapsed = 0.0  # training seconds, carried across resumes (time budgets)
-        self.best = {"accuracy": -1.0}
+        self.eval_pairs = self._eval_pairs() if self.is_main else None
+        self.log: RunLog | None = None
+        self.evaluation = (DevEvaluation(self.eval_pairs, cfg.eval.every, self._eval_source())
+                           if self.eval_pairs is not None else None)
         self._stop_requested = False
         if resume and (self.out / STATE_FILE).is_file():
             self._load_state()
-        self.eval_pairs = self._eval_pairs() if self.is_main else None
+
+    def _batches(self):
+        """The epoch's batch order and each image's label: P×K identities, or (pretraining) plain
+        batches where every image is its own class, its two views the positive pair."""
+        cfg, images = self.cfg, len(self.data.labels)
+        if self.supervised:
+            per_rank = max(1, images // (cfg.data.p * cfg.data.k * self.world))
+            return (PKBatches(self.data.labels, cfg.data.p, cfg.data.k, per_rank, cfg.seed, self.rank),
+                    torch.from_numpy(self.data.labels))
+        per_rank = max(1, images // (cfg.ssl.batch_size * self.world))
+        return RandomBatches(images, cfg.ssl.batch_size, per_rank, cfg.seed, self.rank), torch.arange(images)
+
+    def _method(self):
+        cfg = self.cfg
+        objective = (build_objective(cfg.objective, cfg.model.embedding_dim, len(self.data.identities))
+                     if self.supervised else None)
+        distillation = (Distillation(cfg.model.embedding_dim,
+                                     {name: t.shape[1] for name, t in self.targets.items()}, cfg.distill)
+                        if self.targets else None)
+        return build_method(cfg.mode, self.model, objective, cfg.ssl, cfg.optim.channels_last,
+                            distillation, total_steps=cfg.optim.steps)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def step(self) -> int:
+        return self.schedule.step
+
+    @property
+    def best(self) -> dict:
+        return self.evaluation.best if self.evaluation else {"accuracy": -1.0}
+
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
         cfg = self.cfg
+        callbacks: list[Callback] = []
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (self.progress and self.is_main))
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        writer = _summary_writer(self.out / "tb") if self.is_main else None
+            self.log = RunLog(self.out)
+            callbacks.append(StepLogger(self.log, cfg.log_every, bar))
+            if self.evaluation:
+                callbacks.append(self.evaluation)
         previous = signal.signal(signal.SIGTERM, self._request_stop) if _main_thread() else None
         generator = torch.Generator()
         autocast = (torch.autocast(self.device.type, dtype=self.precision)
                     if self.precision != torch.float32 else nullcontext())
-        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="train", unit="step",
-                   disable=not (self.progress and self.is_main))
-        started, seen, elapsed_before = time.time(), 0, self.elapsed
+        started, seen, elapsed_before = time.time(), 0, self.schedule.position.elapsed
         self._train_mode()
         try:
             while not self._done() and not self._stop_requested:
-                for indices in self.batches.epoch(self.epoch, skip=self.batch_in_epoch):
-                    images = self._batch(indices)
-                    labels = self.labels[indices].to(self.device)
+                position = self.schedule.position
+                for indices in self.batches.epoch(position.epoch, skip=position.batch_in_epoch):
                     generator.manual_seed(cfg.seed * 1_000_003 + self.step * 31 + self.rank)
-                    views = [augment(images, cfg.augment, generator)
-                             for _ in range(self.step_module.views)]
-                    lr = self._set_learning_rate()
-                    targets = {name: t[indices].to(self.device) for name, t in self.targets.items()}
-                    loss, stats = self.ddp(views, labels, autocast, targets)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    self.scaler.unscale_(self.optimizer)
-                    grad_norm = nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.optim.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.step_module.after_step()
-                    self.step += 1
-                    self.batch_in_epoch += 1
+                    record = self._train_step(indices, generator, autocast)
+                    self.schedule.advance(elapsed_before + time.time() - started)
                     seen += len(indices)
-                    self.elapsed = elapsed_before + time.time() - started
-                    if self.is_main:
-                        self._log(writer, bar, loss.detach(), lr, grad_norm, stats,
-                                  seen * self.world / (time.time() - started))
+                    record = {"step": self.step, **record,
+                              "images_per_s": seen * self.world / (time.time() - started)}
+                    for callback in callbacks:
+                        callback.on_step(self, record)
                     if self.step % cfg.checkpoint_every == 0:
                         self._save_state()
-                    if self.eval_pairs is not None and self.step % cfg.eval.every == 0:
-                        self._evaluate(writer)
                     if self._done() or self._stop_requested:
                         break
                 else:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
+                    self.schedule.next_epoch()
             self._save_state()
             if self._stop_requested:
                 return {"stopped_at_step": self.step}
-            if self.eval_pairs is not None and self.step % cfg.eval.every != 0:
-                self._evaluate(writer)
+            for callback in callbacks:
+                callback.on_end(self)
             summary = self._finish()
         finally:
             bar.close()
-            if writer:
-                writer.close()
+            if self.log:
+                self.log.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         return summary
+
+    def _train_step(self, indices: np.ndarray, generator: torch.Generator, autocast) -> dict:
+        """One optimiser step on a batch; returns its figures (tensors, not yet synchronised)."""
+        images = self._batch(indices)
+        labels = self.labels[indices].to(self.device)
+        views = [augment(images, self.cfg.augment, generator) for _ in range(self.step_module.views)]
+        lr = self.schedule.apply(self.optimizer)
+        targets = {name: t[indices].to(self.device) for name, t in self.targets.items()}
+        loss, stats = self.ddp(views, labels, autocast, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.step_module.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step_module.after_step()
+        return {"loss": loss.detach(), "lr": lr, "grad_norm": grad_norm, **stats}
 
     def _train_mode(self) -> None:
         """Training mode, except frozen stages: their batch-norm statistics stay as loaded."""
@@ -183,52 +208,13 @@ class Trainer:
     def _request_stop(self, *_):
         self._stop_requested = True
 
-    def _progress(self) -> float:
-        """Fraction of the run done: by steps, or by time when a time budget is set."""
-        optim = self.cfg.optim
-        done = self.step / optim.steps
-        if optim.time_budget_min:
-            done = max(done, self.elapsed / (60.0 * optim.time_budget_min))
-        return min(1.0, done)
-
     def _done(self) -> bool:
-        done = self._progress() >= 1.0
+        done = self.schedule.finished()
         if self.world > 1:  # ranks must agree, or one would wait forever in all-reduce
             flag = torch.tensor([float(done)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             done = bool(flag.item())
         return done
-
-    def _set_learning_rate(self) -> float:
-        """Linear warm-up over `warmup_steps`, then cosine decay to zero at the end of the run."""
-        optim = self.cfg.optim
-        if self.step < optim.warmup_steps:
-            factor = (self.step + 1) / optim.warmup_steps
-        else:
-            warm = optim.warmup_steps / optim.steps if not optim.time_budget_min else 0.0
-            factor = 0.5 * (1 + math.cos(math.pi * min(1.0, (self._progress() - warm) / (1 - warm))))
-        lr = optim.lr * factor
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def _log(self, writer, bar, loss, lr, grad_norm, stats, images_per_s):
-        bar.update(1)
-        if self.step % self.cfg.log_every and self.step != 1:
-            return
-        loss, grad_norm = float(loss), float(grad_norm)
-        stats = {key: float(value) for key, value in stats.items()}
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
-        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "images_per_s": images_per_s, **stats}
-        for key, value in record.items():
-            if key != "step" and value == value:  # skip NaN
-                writer.add_scalar(f"train/{key}", value, self.step)
-        self._append_history(record)
-
-    def _append_history(self, record: dict) -> None:
-        with open(self.out / "history.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------ evaluation
     def _eval_pairs(self) -> AlignedPairs | None:
@@ -246,30 +232,22 @@ class Trainer:
             aligned.save(cfg.cache)
         return aligned
 
+    def _eval_source(self) -> str:
+        return Path(self.cfg.eval.pairs or self.cfg.eval.cache).name
+
     def evaluate(self):
         """Dev-pair report of the current weights."""
-        return verification_report(*self._dev_scores())
+        return verification_report(*self.dev_scores(self.eval_pairs))
 
-    def _dev_scores(self):
-        """(scores, same, folds, valid) of the dev pairs with the current weights."""
+    def dev_scores(self, pairs: AlignedPairs):
+        """(scores, same, folds, valid) of `pairs` with the current weights."""
         self.model.eval()
         try:
             embedder = TorchEmbedder(self.model, device=str(self.device), batch_size=256)
-            scores, valid = self.eval_pairs.scores(embedder)
-            return scores, self.eval_pairs.same, self.eval_pairs.folds, valid
+            scores, valid = pairs.scores(embedder)
+            return scores, pairs.same, pairs.folds, valid
         finally:
             self._train_mode()
-
-    def _evaluate(self, writer) -> None:
-        dev = self._dev_scores()
-        report = verification_report(*dev)
-        for key in ("accuracy_mean", "auc", "eer"):
-            writer.add_scalar(f"dev/{key}", getattr(report, key), self.step)
-        self._append_history({"step": self.step, "eval": report.to_dict()})
-        tqdm.write(f"step {self.step}: dev {report.summary()}")
-        if report.accuracy_mean > self.best["accuracy"]:
-            self.best = {"accuracy": report.accuracy_mean, "auc": report.auc, "step": self.step}
-            self._save_model(BEST_FILE, report, dev)
 
     # ----------------------------------------------------------- checkpoints
     def _training_summary(self) -> dict:
@@ -288,9 +266,9 @@ class Trainer:
                 "steps": self.step, "device": str(self.device),
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
 
-    def _save_model(self, name: str, report=None, dev=None) -> None:
-        thresholds = calibrated_thresholds(*dev, Path(self.cfg.eval.pairs or self.cfg.eval.cache).name) \
-            if dev is not None else None
+    def save_model(self, name: str, report=None, dev=None, source: str = "") -> None:
+        """An inference checkpoint of the current weights; thresholds calibrated on `dev` scores."""
+        thresholds = calibrated_thresholds(*dev, source) if dev is not None else None
         training = self._training_summary()
         if report is not None:
             training["dev"] = {"accuracy": report.accuracy_mean, "auc": report.auc, "eer": report.eer}
@@ -299,7 +277,7 @@ class Trainer:
     def _finish(self) -> dict:
         summary = {"steps": self.step, "best": self.best}
         if self.is_main:
-            self._save_model(FINAL_FILE)
+            self.save_model(FINAL_FILE)
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
@@ -307,20 +285,19 @@ class Trainer:
         if not self.is_main:
             return
         state = {"method": self.step_module.state_dict(),  # embedder, objective, heads, queue
-                 "optimizer": self.optimizer.state_dict(), "elapsed": self.elapsed,
-                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
-                 "batch_in_epoch": self.batch_in_epoch, "best": json.dumps(self.best)}
+                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 **self.schedule.state_dict(),
+                 **(self.evaluation.state_dict() if self.evaluation else {})}
         atomic_save(state, self.out / STATE_FILE)
 
     def _load_state(self) -> None:
         state = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
         self.step_module.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.elapsed = float(state["elapsed"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
-        self.best = json.loads(state["best"])
+        self.schedule.load_state_dict(state)
+        if self.evaluation and "best" in state:
+            self.evaluation.load_state_dict(state)
 
 
 def _init_from(model: Embedder, path: str) -> dict:
@@ -331,8 +308,8 @@ def _init_from(model: Embedder, path: str) -> dict:
         raise ValueError(f"{path}: a {pretrained.arch} / {pretrained.embedding_dim}-d checkpoint "
                          f"cannot initialise a {model.arch} / {model.embedding_dim}-d model")
     model.load_state_dict(pretrained.state_dict())
-    return {"file": Path(path).name, "weights_sha256": metadata["weights_sha256"],
-            "mode": metadata["training"].get("mode", "supervised")}
+    return {"file": Path(path).name, "weights_sha256": metadata.weights_sha256,
+            "mode": metadata.training.get("mode", "supervised")}
 
 
 def _freeze(model: Embedder, stages: int) -> list[nn.Module]:
@@ -370,12 +347,6 @@ def _optimizer(cfg, params):
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=True)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
-
-
-def _summary_writer(path: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(path))
 
 
 def _main_thread() -> bool:

@@ -1,0 +1,93 @@
+"""What a model file says about itself, read and written in one place.
+
+A checkpoint (.pt) and its ONNX export carry the same metadata (JSON): everything inference needs
+besides the weights — architecture, embedding size, input format, alignment template — plus the
+calibrated decision thresholds, a hash that identifies the weights, and how they were trained.
+Torch-free, so the ONNX runtime reads it too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from .errors import ModelError
+
+FORMAT_VERSION = 1
+#: threshold-table keys (the `thresholds` dict's layout)
+BEST_ACCURACY, FAR_1E2, PAIRS_ROC, ALL_PAIRS_ROC = "best_accuracy", "far_1e-2", "roc", "roc_all_pairs"
+
+
+@dataclass
+class ModelMetadata:
+    arch: str
+    embedding_dim: int
+    weights_sha256: str = ""  # of the stored tensors, independent of the file (empty: unsaved)
+    input_size: int = 112
+    input_format: dict = field(default_factory=dict)  # colour order, layout, range, mean, std
+    template: dict = field(default_factory=dict)  # alignment template: name and five points
+    #: best_accuracy / far_1e-2 ({"value", "pairs", ...}), roc (dev pairs: [threshold, FAR, TAR]),
+    #: roc_all_pairs (all cross-identity pairs, down to FAR 1e-6; see `operating.py`)
+    thresholds: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)  # data, objective, optimiser, steps, dev figures
+    weights_dtype: str = "float32"
+    onnx: dict | None = None  # opset and input dtype, in an exported file
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "model") -> "ModelMetadata":
+        """Parse a model file's metadata; `ModelError` names `source` when it is not ours."""
+        if not isinstance(raw, dict) or "embedding_dim" not in raw or "arch" not in raw:
+            raise ModelError(f"{source}: not a faceverify embedding model (export one with `faceverify export`)")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"{source}: checkpoint format {raw.get('format_version')} is not "
+                             f"supported (expected {FORMAT_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in raw.items() if key in known})
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> "ModelMetadata":
+        try:
+            raw = json.loads(text)
+        except (TypeError, ValueError):
+            raise ModelError(f"{source}: unreadable model metadata") from None
+        return cls.from_dict(raw, source)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        if out["onnx"] is None:
+            del out["onnx"]
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def replace(self, **changes) -> "ModelMetadata":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def short_hash(self) -> str:
+        return self.weights_sha256[:12]
+
+    def threshold(self, operating_point: str = BEST_ACCURACY) -> float:
+        """A calibrated pairs threshold ("best_accuracy" or "far_1e-2")."""
+        try:
+            return float(self.thresholds[operating_point]["value"])
+        except (KeyError, TypeError):
+            raise ModelError(f"the model has no calibrated {operating_point!r} threshold; "
+                             "pass threshold=... explicitly") from None
+
+    @property
+    def pairs_roc(self) -> list | None:
+        """[threshold, FAR, TAR] rows from the dev pairs, or None."""
+        return self.thresholds.get(PAIRS_ROC)
+
+    @property
+    def all_pairs_roc(self) -> dict | None:
+        """The all-pairs ROC table (`operating.roc_table`) with its source and pair counts, or None."""
+        return self.thresholds.get(ALL_PAIRS_ROC)
+
+    @property
+    def dev(self) -> dict:
+        """Dev-pair figures recorded at training time ({accuracy, auc, eer}), or {}."""
+        return self.training.get("dev", {})
