@@ -24,7 +24,7 @@ from faceverify.data import load_samples
 from faceverify.evaluation import AlignedIdentities
 from faceverify.gallery.gallery import DEFAULT_FPIR
 from faceverify.operating import describe, far_for_fpir, threshold_for_far
-from faceverify.train.data import load_face_array
+from faceverify.train.face_array import load_face_array
 from faceverify.verifier import Verifier
 
 LFW = ROOT.parent / "shared" / "data" / "lfw"

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from faceverify.models import Embedder, load_checkpoint
 from faceverify.train import Trainer, load_config
-from faceverify.train.data import load_face_array
+from faceverify.train.face_array import load_face_array
 from faceverify.train.pretraining import BYOL, MoCo, PretrainConfig, SwAV, sinkhorn
 
 from .conftest import ROOT

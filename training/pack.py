@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from faceverify.train.data import load_face_array, pack_face_array
+from faceverify.train.face_array import load_face_array, pack_face_array
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 learning, or SimCLR / MoCo / BYOL / SwAV pretraining without labels) → optimiser step.
 
 The `Trainer` assembles the parts and runs the loop; each part does one thing elsewhere: the data
-(`data.load_face_array`, `sampling`), the method (`methods.build_method`), the learning rate and the
+(`face_array.load_face_array`, `sampling`), the method (`methods.build_method`), the learning rate and the
 run's position (`schedule.WarmupCosineSchedule`: warm-up + cosine, by steps or a time budget),
 logging and dev-pair evaluation with best-checkpoint keeping (`callbacks`). What stays here is
 what ties them: autocast, gradient clipping, checkpoints every N steps and on SIGTERM, exact
@@ -33,7 +33,7 @@ from ..models.checkpoint import atomic_save
 from .augment import augment
 from .callbacks import Callback, DevEvaluation, RunLog, StepLogger
 from .config import TrainConfig
-from .data import load_face_array
+from .face_array import load_face_array
 from .distill import Distillation
 from .losses import build_objective
 from .methods import build_method
