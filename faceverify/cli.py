@@ -54,8 +54,8 @@ def cmd_verify(args) -> int:
 
 
 def add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="embeddings of images into an .npz file")
-    p.add_argument("images", nargs="+", type=Path)
+    p = sub.add_parser("embed", help="embeddings of images (files or folders) into an .npz file")
+    p.add_argument("images", nargs="+", type=Path, help="image files, or folders of them (recursive)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--face-policy", choices=POLICIES, default="single")
     _model_args(p)
@@ -67,8 +67,16 @@ def cmd_embed(args) -> int:
 
     from .verifier import FaceEmbedding
 
+    from tqdm import tqdm
+
+    from .data import image_paths
+
+    args.images = image_paths(args.images)
+    if not args.images:
+        raise FaceVerifyError("no images found in the folders given")
     verifier = _verifier(args, args.face_policy)
-    results = verifier.analyze(args.images, [str(p) for p in args.images])
+    stream = verifier.analyze_stream(args.images, [str(p) for p in args.images])
+    results = list(tqdm(stream, total=len(args.images), desc="embed", unit="img", disable=len(args.images) < 50))
     dim = verifier.metadata.embedding_dim
     ok = [isinstance(r, FaceEmbedding) for r in results]
     np.savez(args.out, paths=np.array([str(p) for p in args.images]),

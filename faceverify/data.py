@@ -54,6 +54,17 @@ def load_samples(source: str | Path, split: str | None = None) -> list[Sample]:
     return samples
 
 
+def image_paths(paths: list[str | Path]) -> list[Path]:
+    """Files as given; folders replaced by every image below them, sorted."""
+    out = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += [p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            out.append(path)
+    return out
+
+
 def _read_manifest(manifest: Path) -> list[Sample]:
     root = manifest.parent
     with open(manifest, newline="") as fh:

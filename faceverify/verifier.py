@@ -9,7 +9,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .images import ImageInput
 from .interfaces import FaceEmbedder
 from .metadata import ModelMetadata
 from .metrics import cosine_scores
+from .pipeline import decode_ahead, pixel_batches
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,31 @@ class Verifier:
     def analyze(self, images: Sequence[ImageInput], names: Sequence[str] | None = None,
                 face_policy: str | None = None) -> list[FaceEmbedding | FaceVerifyError]:
         """Per image, its chosen face and embedding, or the `FaceVerifyError` explaining why not."""
+        return list(self.analyze_stream(images, names, face_policy))
+
+    def analyze_stream(self, images: Iterable[ImageInput], names: Iterable[str] | None = None,
+                       face_policy: str | None = None, workers: int = 2
+                       ) -> Iterator[FaceEmbedding | FaceVerifyError]:
+        """`analyze` for inputs of any length, one result per image in input order: decoding runs
+        ahead in `workers` threads, detection and embedding go batch by batch (`pipeline`), so
+        memory stays bounded on folders of any size."""
+        images = list(images)  # paths or images already in memory: references only
         names = list(names) if names is not None else [_describe(img, i) for i, img in enumerate(images)]
-        found = detect_and_align(images, self.detector, face_policy or self.face_policy, names)
-        ok = [i for i, r in enumerate(found) if isinstance(r, AlignedFace)]
-        results: list = list(found)
-        if ok:
-            embeddings = self.embed_aligned(np.stack([found[i].crop for i in ok]))
-            for i, embedding in zip(ok, embeddings):
-                results[i] = FaceEmbedding(found[i].face, found[i].crop, found[i].faces_found, embedding)
-        return results
+        done = 0
+        for batch in pixel_batches(decode_ahead(images, workers)):
+            batch_names, done = names[done:done + len(batch)], done + len(batch)
+            ok = [i for i, item in enumerate(batch) if isinstance(item, np.ndarray)]
+            results: list = list(batch)
+            found = detect_and_align([batch[i] for i in ok], self.detector,
+                                     face_policy or self.face_policy, [batch_names[i] for i in ok])
+            aligned = [(i, f) for i, f in zip(ok, found) if isinstance(f, AlignedFace)]
+            for i, f in zip(ok, found):
+                results[i] = f
+            if aligned:
+                embeddings = self.embed_aligned(np.stack([f.crop for _, f in aligned]))
+                for (i, f), embedding in zip(aligned, embeddings):
+                    results[i] = FaceEmbedding(f.face, f.crop, f.faces_found, embedding)
+            yield from results
 
     def all_faces(self, image: ImageInput) -> list[FaceEmbedding]:
         """Every face in one photo, largest first, each aligned and embedded (to let a user pick)."""

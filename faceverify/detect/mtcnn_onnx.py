@@ -35,80 +35,120 @@ class OnnxMTCNN:
         self.min_score, self.thresholds, self.factor = min_score, thresholds, factor
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        results = []
+        """Faces of every image, all images through each stage together: P-net over each pyramid
+        level of all equal-size images at once, R- and O-net over every candidate of every image."""
         # the resampling matrices are small: multithreaded BLAS only spins (and starves onnxruntime)
         with threadpool_limits(1, user_api="blas"):
-            for image in images:
-                small, scale = shrink_for_detection(image)
-                boxes, points = self._detect_one(small)
-                results.append(faces_from_arrays(boxes[:, :4], boxes[:, 4], points, scale,
-                                                 self.min_score))
-        return results
+            shrunk = [shrink_for_detection(image) for image in images]
+            small = [image for image, _ in shrunk]
+            boxes = self._proposals(small)
+            boxes = self._refine(small, boxes)
+            found = self._output(small, boxes)
+        return [faces_from_arrays(b[:, :4], b[:, 4], points, scale, self.min_score)
+                for (b, points), (_, scale) in zip(found, shrunk)]
 
-    def _detect_one(self, img: np.ndarray):
-        """Boxes (x1, y1, x2, y2, score) and landmarks of one RGB uint8 image."""
-        h, w = img.shape[:2]
-        minsize = min_face_size((h, w), self.min_face_size, self.min_face_fraction)
-        m = 12.0 / minsize
+    def _scales(self, h: int, w: int) -> list[float]:
+        """The image pyramid: from 12 / smallest face size down by `factor` while ≥ 12 pixels."""
+        m = 12.0 / min_face_size((h, w), self.min_face_size, self.min_face_fraction)
         scales, minl = [], min(h, w) * m
         while minl >= 12:
             scales.append(m * self.factor ** len(scales))
             minl *= self.factor
-        empty = np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
+        return scales
 
-        # stage 1: P-net over the pyramid
-        candidates = []
-        for scale in scales:
-            resized = area_resize(img, int(h * scale + 1), int(w * scale + 1))
-            reg, prob = self.pnet.run(None, {"image": _to_input(resized[None])})
-            boxes = _generate_boxes(reg[0], prob[0, 1], scale, self.thresholds[0])
-            candidates.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
-        boxes = np.concatenate(candidates) if candidates else np.zeros((0, 9), np.float32)
-        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        if not len(boxes):
-            return empty
-        size = (boxes[:, 2:4] - boxes[:, 0:2])
-        boxes = np.column_stack([boxes[:, 0:2] + boxes[:, 5:7] * size,
-                                 boxes[:, 2:4] + boxes[:, 7:9] * size, boxes[:, 4]])
-        boxes = _square(boxes)
+    def _proposals(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Stage 1, P-net over the pyramid: per image, squared candidate boxes (x1, y1, x2, y2, score)."""
+        by_shape: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
+        candidates: list[list[np.ndarray]] = [[] for _ in images]
+        for (h, w, _), members in by_shape.items():
+            for scale in self._scales(h, w):
+                size = (int(h * scale + 1), int(w * scale + 1))
+                for chunk in _chunks(members, max(1, PNET_BATCH_PIXELS // (size[0] * size[1]))):
+                    resized = area_resize(np.stack([images[i] for i in chunk]), *size)
+                    reg, prob = self.pnet.run(None, {"image": _to_input(resized)})
+                    for row, i in enumerate(chunk):
+                        boxes = _generate_boxes(reg[row], prob[row, 1], scale, self.thresholds[0])
+                        candidates[i].append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
+        out = []
+        for found in candidates:
+            boxes = np.concatenate(found) if found else np.zeros((0, 9), np.float32)
+            boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+            size = boxes[:, 2:4] - boxes[:, 0:2]
+            out.append(_square(np.column_stack([boxes[:, 0:2] + boxes[:, 5:7] * size,
+                                                boxes[:, 2:4] + boxes[:, 7:9] * size, boxes[:, 4]])))
+        return out
 
-        # stage 2: R-net refines
-        crops, boxes = _crop_boxes(img, boxes, 24)
-        if not len(boxes):
-            return empty
-        reg, prob = self.rnet.run(None, {"image": crops})
-        keep = prob[:, 1] > self.thresholds[1]
-        boxes = np.column_stack([boxes[keep, :4], prob[keep, 1]])
-        reg = reg[keep]
-        pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
-        boxes = _square(_regress(boxes[pick], reg[pick]))
+    def _refine(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """Stage 2, R-net over every image's candidates in one batch: kept, regressed, squared."""
+        kept, outputs = _run_on_crops(self.rnet, images, boxes, 24)
+        out = []
+        for b, (reg, prob) in zip(kept, outputs):
+            keep = prob[:, 1] > self.thresholds[1]
+            b = np.column_stack([b[keep, :4], prob[keep, 1]])
+            pick = nms(b[:, :4], b[:, 4], 0.7)
+            out.append(_square(_regress(b[pick], reg[keep][pick])))
+        return out
 
-        # stage 3: O-net scores, regresses and places the landmarks
-        crops, boxes = _crop_boxes(img, boxes, 48)
-        if not len(boxes):
-            return empty
-        reg, marks, prob = self.onet.run(None, {"image": crops})
-        keep = prob[:, 1] > self.thresholds[2]
-        boxes = np.column_stack([boxes[keep, :4], prob[keep, 1]])
-        reg, marks = reg[keep], marks[keep]
-        bw = boxes[:, 2] - boxes[:, 0] + 1
-        bh = boxes[:, 3] - boxes[:, 1] + 1
-        points = np.stack([bw[:, None] * marks[:, :5] + boxes[:, 0:1] - 1,
-                           bh[:, None] * marks[:, 5:10] + boxes[:, 1:2] - 1], axis=2)
-        boxes = _regress(boxes, reg)
-        pick = nms(boxes[:, :4], boxes[:, 4], 0.7, mode="min")
-        return boxes[pick].astype(np.float32), points[pick].astype(np.float32)
+    def _output(self, images: list[np.ndarray], boxes: list[np.ndarray]):
+        """Stage 3, O-net over every image's boxes in one batch: scores, boxes and landmarks."""
+        kept, outputs = _run_on_crops(self.onet, images, boxes, 48)
+        out = []
+        for b, (reg, marks, prob) in zip(kept, outputs):
+            keep = prob[:, 1] > self.thresholds[2]
+            b = np.column_stack([b[keep, :4], prob[keep, 1]])
+            reg, marks = reg[keep], marks[keep]
+            bw = b[:, 2] - b[:, 0] + 1
+            bh = b[:, 3] - b[:, 1] + 1
+            points = np.stack([bw[:, None] * marks[:, :5] + b[:, 0:1] - 1,
+                               bh[:, None] * marks[:, 5:10] + b[:, 1:2] - 1], axis=2)
+            b = _regress(b, reg)
+            pick = nms(b[:, :4], b[:, 4], 0.7, mode="min")
+            out.append((b[pick].astype(np.float32), points[pick].astype(np.float32)))
+        return out
+
+
+#: P-net input pixels per run (equal-size images of one pyramid level go through together)
+PNET_BATCH_PIXELS = 1 << 21
+#: R-/O-net crops per run
+CROP_BATCH = 512
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _run_on_crops(session, images: list[np.ndarray], boxes: list[np.ndarray], size: int):
+    """Run an R-/O-net on the size×size crops of every image's boxes together; returns per image
+    (the boxes that clipped to something, the network's outputs for them)."""
+    kept, crops = [], []
+    for image, b in zip(images, boxes):
+        image_crops, b = _crop_boxes(image, b, size)
+        kept.append(b)
+        crops.append(image_crops)
+    crops = np.concatenate(crops)
+    if len(crops):
+        runs = [session.run(None, {"image": crops[i:i + CROP_BATCH]}) for i in range(0, len(crops), CROP_BATCH)]
+        outputs = [np.concatenate(parts) for parts in zip(*runs)]
+    else:  # nothing to run: empty outputs of the right widths
+        outputs = [np.zeros((0, out.shape[1]), np.float32) for out in session.get_outputs()]
+    bounds = np.cumsum([0] + [len(b) for b in kept])
+    return kept, [[out[a:z] for out in outputs] for a, z in zip(bounds[:-1], bounds[1:])]
 
 
 def area_resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Area (adaptive average) resampling of an HxWxC image exactly as torch's
+    """Area (adaptive average) resampling of an HxWxC image, or a BxHxWxC batch, exactly as torch's
     `interpolate(mode="area")`, which facenet-pytorch uses: output pixel i averages input pixels
     [floor(i·in/out), ceil((i+1)·in/out)). OpenCV's INTER_AREA weights fractional pixels instead,
     which shifts P-net's candidates enough to move some boxes by pixels."""
-    h, w, c = img.shape
-    rows = _area_matrix(h, out_h) @ img.reshape(h, w * c).astype(np.float32)  # (out_h, w·c)
-    cols = _area_matrix(w, out_w) @ rows.reshape(out_h, w, c).transpose(1, 0, 2).reshape(w, out_h * c)
-    return cols.reshape(out_w, out_h, c).transpose(1, 0, 2)
+    if img.ndim == 3:
+        return area_resize(img[None], out_h, out_w)[0]
+    b, h, w, c = img.shape
+    rows = _area_matrix(h, out_h) @ img.reshape(b, h, w * c).astype(np.float32)  # (b, out_h, w·c)
+    cols = _area_matrix(w, out_w) @ rows.reshape(b, out_h, w, c).transpose(0, 2, 1, 3).reshape(b, w, out_h * c)
+    return cols.reshape(b, out_w, out_h, c).transpose(0, 2, 1, 3)
 
 
 @lru_cache(maxsize=4096)

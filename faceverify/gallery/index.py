@@ -1,7 +1,9 @@
 """Nearest-template search by inner product (= cosine for normalised vectors).
 
 `NumpyIndex` is exact and dependency-free; `FaissIndex` uses FAISS when installed: flat (exact,
-same results as numpy), IVF or HNSW (approximate) for very large galleries.
+same results as numpy), IVF or HNSW (approximate) for very large galleries. `--index auto` stays
+exact below `ANN_FROM` templates and switches to IVF above, with the list count and probes measured
+on real templates by `bench/bench_search.py`.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class NumpyIndex:
 
 class FaissIndex:
     def __init__(self, templates: np.ndarray, kind: str = "faiss-flat", nlist: int | None = None,
-                 nprobe: int = 16, hnsw_m: int = 32):
+                 nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 64):
         import faiss
 
         templates = np.ascontiguousarray(templates, np.float32)
@@ -35,24 +37,61 @@ class FaissIndex:
         if kind == "faiss-flat":
             self.index = faiss.IndexFlatIP(dim)
         elif kind == "faiss-ivf":
-            nlist = nlist or max(1, int(4 * np.sqrt(len(templates))))
-            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist or ivf_lists(len(templates)),
+                                            faiss.METRIC_INNER_PRODUCT)
+            # k-means on 64 points a list (FAISS's default 256 trains 4x longer for no recall here)
+            self.index.cp.max_points_per_centroid = 64
             self.index.train(templates)
-            self.index.nprobe = nprobe
         elif kind == "faiss-hnsw":
             self.index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         else:
             raise ValueError(f"unknown FAISS index {kind!r}")
+        self.kind = kind
         self.index.add(templates)
+        self.tune(nprobe=nprobe, ef_search=ef_search)
+
+    def tune(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Search-time speed/recall knobs: IVF lists probed, HNSW candidate-list size."""
+        if self.kind == "faiss-ivf" and nprobe:
+            self.index.nprobe = nprobe
+        if self.kind == "faiss-hnsw" and ef_search:
+            self.index.hnsw.efSearch = ef_search
 
     def search(self, queries: np.ndarray, k: int):
         k = min(k, self.index.ntotal)
         return self.index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
+#: below this many templates exact numpy search is fast enough (bench/bench_search.py)
+ANN_FROM = 200_000
+#: IVF probes for recall@1 >= 0.99 on real templates (bench/bench_search.py)
+IVF_NPROBE = 32
+
+
+def ivf_lists(size: int) -> int:
+    """IVF list count: about 1,000 templates a list, at least 64."""
+    return max(64, size // 1000)
+
+
+def ann_settings(size: int) -> dict | None:
+    """What `--index auto` uses for a gallery of `size` templates: None (exact) or IVF settings."""
+    if size < ANN_FROM:
+        return None
+    return {"kind": "faiss-ivf", "nlist": ivf_lists(size), "nprobe": IVF_NPROBE}
+
+
 def build_index(templates: np.ndarray, kind: str = "auto"):
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index {kind!r}; choose one of {INDEX_KINDS}")
-    if kind == "auto":  # exact numpy search measured faster than FAISS flat here (bench_gallery.py)
-        kind = "numpy"
+    if kind == "auto":
+        settings = ann_settings(len(templates)) if _faiss_available() else None
+        if settings is None:  # exact numpy search measured faster than FAISS flat (bench_gallery.py)
+            return NumpyIndex(templates)
+        return FaissIndex(templates, settings["kind"], settings["nlist"], settings["nprobe"])
     return NumpyIndex(templates) if kind == "numpy" else FaissIndex(templates, kind)
+
+
+def _faiss_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
