@@ -23,12 +23,15 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint (.pt) or ONNX (.onnx); default: bundled model")
     parser.add_argument("--device", help="torch device for a .pt model (default: cuda if available)")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored face")
+    parser.add_argument("--min-face-fraction", type=float, default=0.0, metavar="F",
+                        help="ignore faces smaller than F of the image's short side (faster detection)")
 
 
 def _verifier(args, face_policy: str = "single"):
     from .verifier import Verifier
 
-    return Verifier(args.model, device=args.device, face_policy=face_policy, flip=args.flip)
+    return Verifier(args.model, device=args.device, face_policy=face_policy, flip=args.flip,
+                    min_face_fraction=args.min_face_fraction)
 
 
 def add_verify(sub) -> None:

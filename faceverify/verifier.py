@@ -67,18 +67,21 @@ class Verifier:
     `model`: a checkpoint (.pt) or ONNX file (.onnx); default: the bundled model. `face_policy`
     says which face to use when a photo holds several: "single" (refuse to guess), "largest" or
     "central". `flip` averages the embeddings of the face and its mirror image (test-time
-    augmentation: slower, usually slightly more accurate).
+    augmentation: slower, usually slightly more accurate). `min_face_fraction` skips faces smaller
+    than that fraction of the image's short side: the detector's speed knob (fewer pyramid levels;
+    cost measured in bench/bench_pipeline.py and the README).
     """
 
     def __init__(self, model: str | Path | None = None, *, detector: Detector | None = None,
                  embedder: FaceEmbedder | None = None,
-                 device: str | None = None, face_policy: str = "single", flip: bool = False):
+                 device: str | None = None, face_policy: str = "single", flip: bool = False,
+                 min_face_fraction: float = 0.0):
         if embedder is None:
             embedder = load_embedder(model if model is not None else default_model_path(), device)
         self.embedder = embedder
         self.metadata: ModelMetadata = embedder.metadata
         if detector is None:
-            detector = _default_detector(embedder, device)
+            detector = _default_detector(embedder, device, min_face_fraction)
         self.detector = detector
         self.face_policy, self.flip = face_policy, flip
         log.info("faceverify: embedder on %s, detector %s", self.providers, type(detector).__name__)
@@ -182,14 +185,14 @@ def load_embedder(model: str | Path, device: str | None = None) -> FaceEmbedder:
     return TorchEmbedder.from_checkpoint(model, device)
 
 
-def _default_detector(embedder, device):
+def _default_detector(embedder, device, min_face_fraction: float):
     if embedder.torch_free:
         from .detect import OnnxMTCNN
 
-        return OnnxMTCNN(providers=embedder.providers)
+        return OnnxMTCNN(providers=embedder.providers, min_face_fraction=min_face_fraction)
     from .detect import TorchMTCNN
 
-    return TorchMTCNN(device=device)
+    return TorchMTCNN(device=device, min_face_fraction=min_face_fraction)
 
 
 def _describe(image, index: int) -> str:

@@ -6,11 +6,13 @@
 #   moco-triplet    the same with MoCo
 #   byol-triplet    the same with BYOL (no negatives: online + predictor regress an EMA target)
 #   swav-triplet    the same with SwAV (swapped prediction of Sinkhorn codes over prototypes)
-# and a control, scratch-half: the triplet recipe for TOTAL/2 steps alone (what the fine-tuning
-# budget gives without pretraining).
+# and controls: scratch-half, the triplet recipe for TOTAL/2 steps alone (what the fine-tuning
+# budget gives without pretraining); memory-bank, the triplet recipe for TOTAL steps with negatives
+# also mined from a queue of 8,192 labelled embeddings (objective.memory_bank).
 # usage: training/ssl_experiment.sh ALIGNED_DIR OUT_DIR [TOTAL]   (ALIGNED_DIR holds the prepared
 # lfw, celeba, orl, yaleb and extra folders; CACHE=dir shares decoded crops between runs;
-# MODES="byol swav" runs only those pretraining modes, CONTROLS=0 skips the two scratch runs).
+# MODES="byol swav" runs only those pretraining modes (MODES="" none), CONTROLS=0 skips the
+# supervised runs).
 # Interrupted? Run it again: finished runs are skipped, unfinished ones resume.
 set -euo pipefail
 aligned=$1 out=$2 total=${3:-600}
@@ -28,12 +30,16 @@ train() {  # train RUN CONFIG DATASETS STEPS [extra args]
 }
 
 if [ "${CONTROLS:-1}" = 1 ]; then
-  train scratch cpu "$labelled" "$total"
+  # the supervised rows, two at a time (one core each): triplet, and triplet whose negatives are
+  # also mined from a memory bank of the last 8,192 labelled embeddings
+  train scratch cpu "$labelled" "$total" &
+  train memory-bank cpu "$labelled" "$total" objective.memory_bank=8192 &
+  wait
   train scratch-half cpu "$labelled" "$half"
 fi
 plots=()
-[ -d "$out/scratch" ] && plots+=("$out/scratch" "$out/scratch-half")
-for mode in ${MODES:-simclr moco byol swav}; do
+for run in scratch memory-bank scratch-half; do [ -d "$out/$run" ] && plots+=("$out/$run"); done
+for mode in ${MODES-simclr moco byol swav}; do
   train "$mode" "$mode" "$unlabelled" "$half"
   train "$mode-triplet" cpu "$labelled" "$half" --init-from "$out/$mode/final.pt"
   plots+=("$out/$mode" "$out/$mode-triplet@$half")

@@ -1,0 +1,116 @@
+"""End to end on a folder of real photos, side by side in one run: ONNX MTCNN one image at a time
+(how it ran before batching) vs batched; `faceverify embed`'s pipeline (decode ahead, detect, align,
+embed) on the torch and ONNX paths, with the detector's speed knob (smallest face as a fraction of
+the image); dlib / face_recognition's pipeline (HOG detector, 5-point landmarks, ResNet) when dlib
+and face_recognition_models are installed; and one-pair verification latency.
+
+    python bench/bench_pipeline.py [--photos 500]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+from common import ROOT, lfw_photos, median_seconds, table
+from faceverify.detect import OnnxMTCNN, TorchMTCNN
+from faceverify.errors import FaceVerifyError
+from faceverify.images import load_rgb
+from faceverify.verifier import Verifier
+
+MODEL = ROOT / "weights" / "faceverify-default"
+
+
+def images_per_second(run, count: int) -> float:
+    start = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - start)
+
+
+def embed_folder(verifier: Verifier, photos: list[Path]) -> int:
+    return sum(not isinstance(r, FaceVerifyError) for r in verifier.analyze_stream(photos))
+
+
+def dlib_pipeline():
+    """face_recognition's recipe in dlib calls: HOG (upsampled once), 5-point landmarks, ResNet."""
+    import dlib
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    files = Path(spec.submodule_search_locations[0]) / "models"
+    detector = dlib.get_frontal_face_detector()
+    landmarks = dlib.shape_predictor(str(files / "shape_predictor_5_face_landmarks.dat"))
+    model = dlib.face_recognition_model_v1(str(files / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def embed(photos):
+        done = 0
+        for photo in photos:
+            image = load_rgb(photo)
+            rects = detector(image, 1)
+            if rects:
+                rect = max(rects, key=lambda r: r.area())
+                model.compute_face_descriptor(image, landmarks(image, rect))
+                done += 1
+        return done
+    return embed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=500)
+    args = parser.parse_args()
+    photos = lfw_photos(args.photos)
+    n = len(photos)
+    images = [load_rgb(p) for p in photos]
+
+    detector = OnnxMTCNN()
+    detector.detect(images[:4])
+    rows = [["ONNX MTCNN, one image per call (before)",
+             images_per_second(lambda: [detector.detect([image]) for image in images], n)],
+            ["ONNX MTCNN, batched (32 a call)",
+             images_per_second(lambda: [detector.detect(images[i:i + 32]) for i in range(0, n, 32)], n)]]
+    table(f"detection only, {n} decoded LFW photos (250×250)", ["detector", "images/s"], rows)
+
+    paths = {
+        "torch (.pt, facenet-pytorch MTCNN)": Verifier(f"{MODEL}.pt", device="cpu",
+                                                       detector=TorchMTCNN(device="cpu")),
+        "ONNX (.onnx, batched ONNX MTCNN)": Verifier.from_onnx(f"{MODEL}.onnx"),
+        "ONNX, smallest face 1/5 of the image": Verifier(f"{MODEL}.onnx", min_face_fraction=0.2),
+    }
+    rows, speeds = [], {}
+    for name, verifier in paths.items():
+        embed_folder(verifier, photos[:8])  # warm-up
+        embedded = 0
+
+        def run(verifier=verifier):
+            nonlocal embedded
+            embedded = embed_folder(verifier, photos)
+        speeds[name] = images_per_second(run, n)
+        rows.append([f"faceverify embed: {name}", speeds[name], embedded])
+    if importlib.util.find_spec("dlib") and importlib.util.find_spec("face_recognition_models"):
+        embed = dlib_pipeline()
+        embedded = 0
+
+        def run_dlib():
+            nonlocal embedded
+            embedded = embed(photos)
+        dlib_speed = images_per_second(run_dlib, n)
+        rows.append(["dlib / face_recognition (HOG, 5-point, ResNet)", dlib_speed, embedded])
+        rows = [row + [f"{row[1] / dlib_speed:.2f}×"] for row in rows]
+    else:
+        print("dlib not installed (pip install 'faceverify[distill]'): its row is skipped")
+        rows = [row + ["n/a"] for row in rows]
+    table(f"folder of {n} JPEG files → embeddings, end to end on this CPU",
+          ["pipeline", "images/s", "faces embedded", "vs dlib"], rows)
+
+    pair = (photos[0], photos[1])
+    latency = {name: median_seconds(lambda v=verifier: v.verify(*pair), repeat=5)
+               for name, verifier in list(paths.items())[:2]}
+    torch_ms = 1000 * next(iter(latency.values()))
+    table("verify one pair from JPEG files (decode, detect, align, embed, score)",
+          ["path", "latency ms", "speed vs torch"],
+          [[name, 1000 * s, torch_ms / (1000 * s)] for name, s in latency.items()])
+
+
+if __name__ == "__main__":
+    main()
