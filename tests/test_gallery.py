@@ -119,3 +119,19 @@ def test_numpy_and_faiss_search_agree(rng):
     (s1, i1), (s2, i2) = NumpyIndex(templates).search(queries, 5), FaissIndex(templates).search(queries, 5)
     assert np.array_equal(i1, i2) and np.allclose(s1, s2, atol=1e-5)
     assert (i1[:, 0] == np.arange(50)).all()
+
+
+def test_index_auto_is_exact_below_the_ann_size_and_ivf_above(rng):
+    from faceverify.gallery.index import ANN_FROM, ann_settings, build_index, ivf_probes
+
+    assert ann_settings(ANN_FROM - 1) is None
+    assert ann_settings(1_000_000) == {"kind": "faiss-ivf", "nlist": 1000, "nprobe": ivf_probes(1000)}
+    assert isinstance(build_index(np.eye(8, dtype=np.float32)), NumpyIndex)
+    # IVF at the auto settings' probe fraction finds what exact search finds on clustered templates
+    centres = rng.normal(size=(300, 64))
+    templates = (centres[rng.integers(0, 300, 20_000)] + 0.25 * rng.normal(size=(20_000, 64))).astype(np.float32)
+    templates /= np.linalg.norm(templates, axis=1, keepdims=True)
+    queries = templates[:200] + 0.15 * rng.normal(size=(200, 64)).astype(np.float32)
+    ivf = FaissIndex(templates, "faiss-ivf", nlist=64, nprobe=ivf_probes(64))
+    exact = NumpyIndex(templates).search(queries, 1)[1][:, 0]
+    assert np.mean(ivf.search(queries, 1)[1][:, 0] == exact) >= 0.99

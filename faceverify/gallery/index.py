@@ -62,10 +62,9 @@ class FaissIndex:
         return self.index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
-#: below this many templates exact numpy search is fast enough (bench/bench_search.py)
-ANN_FROM = 200_000
-#: IVF probes for recall@1 >= 0.99 on real templates (bench/bench_search.py)
-IVF_NPROBE = 32
+#: from this many templates `--index auto` uses IVF: exact numpy search costs ~10 ms a query at 100k
+#: and grows linearly (~150 ms at 1M), IVF stays at a few ms (bench/bench_search.py)
+ANN_FROM = 100_000
 
 
 def ivf_lists(size: int) -> int:
@@ -73,11 +72,18 @@ def ivf_lists(size: int) -> int:
     return max(64, size // 1000)
 
 
+def ivf_probes(lists: int) -> int:
+    """Lists probed a query: 1/16 of them, at least 32 (recall@1 ≥ 0.99 against exact search on real
+    templates at 100k and 1M, bench/bench_search.py)."""
+    return min(lists, max(32, lists // 16))
+
+
 def ann_settings(size: int) -> dict | None:
     """What `--index auto` uses for a gallery of `size` templates: None (exact) or IVF settings."""
     if size < ANN_FROM:
         return None
-    return {"kind": "faiss-ivf", "nlist": ivf_lists(size), "nprobe": IVF_NPROBE}
+    lists = ivf_lists(size)
+    return {"kind": "faiss-ivf", "nlist": lists, "nprobe": ivf_probes(lists)}
 
 
 def build_index(templates: np.ndarray, kind: str = "auto"):

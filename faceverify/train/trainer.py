@@ -33,8 +33,8 @@ from ..models.checkpoint import atomic_save
 from .augment import augment
 from .callbacks import Callback, DevEvaluation, RunLog, StepLogger
 from .config import TrainConfig
-from .face_array import load_face_array
 from .distill import Distillation
+from .face_array import load_face_array
 from .losses import build_objective
 from .methods import build_method
 from .sampling import PKBatches, RandomBatches
