@@ -14,27 +14,28 @@ from tqdm import tqdm
 
 from .align import ALIGNED_SIZE
 from .data import Pair
-from .detect import Detector, detect_and_align
+from .detect import Detector
 from .errors import FaceVerifyError
 from .metrics import cosine_scores
+from .pipeline import aligned_batches
 
 
 def align_photos(paths: Sequence, names: Sequence[str], detector: Detector, face_policy: str,
-                 batch_size: int = 32, progress: bool = True):
-    """(crops, ok, failures by name) of photos detected and aligned in batches; a photo without a
-    usable face keeps a blank crop, `ok` False and its reason."""
+                 progress: bool = True):
+    """(crops, ok, failures by name) of photos detected and aligned in batches (`pipeline`: decoding
+    runs ahead); a photo without a usable face keeps a blank crop, `ok` False and its reason."""
     crops = np.zeros((len(paths), ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
     failures = {}
+    offset = 0
     with tqdm(total=len(paths), desc="detect+align", unit="img", disable=not progress) as bar:
-        for start in range(0, len(paths), batch_size):
-            found = detect_and_align(paths[start:start + batch_size], detector, face_policy,
-                                     names[start:start + batch_size])
-            for offset, result in enumerate(found, start):
+        for found in aligned_batches(list(paths), list(names), detector, face_policy):
+            for index, result in enumerate(found, offset):
                 if isinstance(result, FaceVerifyError):
-                    failures[names[offset]] = str(result)
+                    failures[names[index]] = str(result)
                 else:
-                    crops[offset], ok[offset] = result.crop, True
+                    crops[index], ok[index] = result.crop, True
+            offset += len(found)
             bar.update(len(found))
     return crops, ok, failures
 

@@ -14,13 +14,13 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .bundled import weights_dir
-from .detect import AlignedFace, Detector, align_all, detect_and_align, detect_faces
+from .detect import AlignedFace, Detector, align_all, detect_faces
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput
 from .interfaces import FaceEmbedder
 from .metadata import ModelMetadata
 from .metrics import cosine_scores
-from .pipeline import decode_ahead, pixel_batches
+from .pipeline import aligned_batches
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +114,13 @@ class Verifier:
         memory stays bounded on folders of any size."""
         images = list(images)  # paths or images already in memory: references only
         names = list(names) if names is not None else [_describe(img, i) for i, img in enumerate(images)]
-        done = 0
-        for batch in pixel_batches(decode_ahead(images, workers)):
-            batch_names, done = names[done:done + len(batch)], done + len(batch)
-            ok = [i for i, item in enumerate(batch) if isinstance(item, np.ndarray)]
-            results: list = list(batch)
-            found = detect_and_align([batch[i] for i in ok], self.detector,
-                                     face_policy or self.face_policy, [batch_names[i] for i in ok])
-            aligned = [(i, f) for i, f in zip(ok, found) if isinstance(f, AlignedFace)]
-            for i, f in zip(ok, found):
-                results[i] = f
+        for results in aligned_batches(images, names, self.detector, face_policy or self.face_policy, workers):
+            aligned = [i for i, r in enumerate(results) if isinstance(r, AlignedFace)]
             if aligned:
-                embeddings = self.embed_aligned(np.stack([f.crop for _, f in aligned]))
-                for (i, f), embedding in zip(aligned, embeddings):
-                    results[i] = FaceEmbedding(f.face, f.crop, f.faces_found, embedding)
+                embeddings = self.embed_aligned(np.stack([results[i].crop for i in aligned]))
+                for i, embedding in zip(aligned, embeddings):
+                    r = results[i]
+                    results[i] = FaceEmbedding(r.face, r.crop, r.faces_found, embedding)
             yield from results
 
     def all_faces(self, image: ImageInput) -> list[FaceEmbedding]:
