@@ -399,7 +399,6 @@ def add_prepare(sub) -> None:
     p.add_argument("--face-policy", choices=POLICIES, default="central")
     p.add_argument("--min-face-fraction", type=float, default=0.2,
                    help="smallest face searched, as a fraction of the short side (speed)")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device")
     p.set_defaults(func=cmd_prepare)
 
@@ -410,7 +409,7 @@ def cmd_prepare(args) -> int:
 
     detector = TorchMTCNN(device=args.device, min_face_fraction=args.min_face_fraction)
     report = prepare_dataset(args.source, args.dest, detector, split=args.split,
-                             policy=args.face_policy, batch_size=args.batch_size)
+                             policy=args.face_policy)
     print(f"aligned {report.aligned}, failed {report.failed} (see {Path(args.dest) / 'failures.csv'}), "
           f"already done {report.skipped}; success {100 * report.success_rate:.2f}%", file=sys.stderr)
     return EXIT_OK

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -16,9 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import Sample, load_samples
-from .detect import Detector, detect_and_align
+from .detect import Detector
 from .errors import FaceVerifyError
-from .images import load_rgb
+from .pipeline import aligned_batches
 
 #: `box` (x1 y1 x2 y2) and `landmarks` (x y × 5) locate the chosen face in the source photo, so that
 #: a distillation teacher with its own alignment embeds exactly the face the crop shows.
@@ -39,7 +38,7 @@ class PrepareReport:
 
 
 def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
-                    split: str | None = None, policy: str = "central", batch_size: int = 32,
+                    split: str | None = None, policy: str = "central",
                     jpeg_quality: int = 95, progress: bool = True) -> PrepareReport:
     """Align every face of `source` into `dest` (see module docstring); rerun to resume."""
     dest = Path(dest)
@@ -54,22 +53,11 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
     report = PrepareReport(0, 0, len(samples) - len(todo))
     with _CsvAppender(dest / "manifest.csv", MANIFEST_FIELDS) as manifest, \
             _CsvAppender(dest / "failures.csv", FAILURE_FIELDS) as failures, \
-            ThreadPoolExecutor(max_workers=2) as pool, \
             tqdm(total=len(todo), desc="prepare", unit="img", disable=not progress) as bar:
-        batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-        # decode the next batch in threads while the detector runs on this one
-        pending = pool.submit(_decode_batch, batches[0]) if batches else None
-        for index in range(len(batches)):
-            decoded = pending.result()
-            if index + 1 < len(batches):
-                pending = pool.submit(_decode_batch, batches[index + 1])
-            for sample, reason in decoded["errors"]:
-                failures.write([sample.key, sample.identity, reason])
-                report.failed += 1
-            ok = decoded["ok"]
-            found = detect_and_align([img for _, img in ok], detector, policy,
-                                     [sample.key for sample, _ in ok])
-            for (sample, _), result in zip(ok, found):
+        offset = 0
+        # decoding runs ahead in threads while the detector works on the current batch
+        for found in aligned_batches([s.path for s in todo], [s.key for s in todo], detector, policy):
+            for sample, result in zip(todo[offset:offset + len(found)], found):
                 if isinstance(result, FaceVerifyError):
                     failures.write([sample.key, sample.identity, str(result)])
                     report.failed += 1
@@ -83,7 +71,8 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
                 manifest.write([out_key, sample.identity, sample.split, sample.key,
                                 f"{face.score:.4f}", _numbers(face.box), _numbers(face.landmarks)])
                 report.aligned += 1
-            bar.update(len(batches[index]))
+            offset += len(found)
+            bar.update(len(found))
             bar.set_postfix(failed=report.failed)
     return report
 
@@ -111,16 +100,6 @@ def _refuse_to_overwrite_sources(samples: list[Sample], dest: Path) -> None:
 
 def _numbers(values: np.ndarray) -> str:
     return " ".join(f"{v:.2f}" for v in np.asarray(values).ravel())
-
-
-def _decode_batch(batch: list[Sample]) -> dict:
-    ok, errors = [], []
-    for sample in batch:
-        try:
-            ok.append((sample, load_rgb(sample.path)))
-        except FaceVerifyError as exc:
-            errors.append((sample, str(exc)))
-    return {"ok": ok, "errors": errors}
 
 
 def _done_keys(path: Path) -> set[str]:
