@@ -1,5 +1,6 @@
-"""The memory bank's contract, against brute force: negatives come from the queue (semi-hard, else
-hardest), positives from the batch, the queue rotates and survives a state_dict round trip."""
+"""The memory bank's contract, against brute force: every anchor-positive pair of the batch with its
+semi-hard negatives from the batch and the queue; the queue's negatives count; the queue rotates
+and survives a state_dict round trip."""
 import numpy as np
 import pytest
 import torch
@@ -11,30 +12,37 @@ pytestmark = pytest.mark.data_free
 
 def brute_force_loss(batch, labels, memory, memory_labels, margin):
     batch = batch / np.linalg.norm(batch, axis=1, keepdims=True)
+    keys = list(zip(batch, labels)) + [(m, ml) for m, ml in zip(memory, memory_labels) if ml >= 0]
     terms = []
     for i, (anchor, label) in enumerate(zip(batch, labels)):
-        positives = [np.linalg.norm(anchor - batch[j]) for j in range(len(batch)) if j != i and labels[j] == label]
-        negatives = [np.linalg.norm(anchor - m) for m, ml in zip(memory, memory_labels) if ml >= 0 and ml != label]
-        if not positives or not negatives:
-            continue
-        hardest_positive = max(positives)
-        farther = [d for d in negatives if d > hardest_positive]
-        negative = min(farther) if farther else min(negatives)
-        terms.append(max(0.0, hardest_positive - negative + margin))
-    return np.mean(terms)
+        for j in range(len(batch)):
+            if j == i or labels[j] != label:
+                continue
+            d_ap = np.linalg.norm(anchor - batch[j])
+            for key, key_label in keys:
+                d_an = np.linalg.norm(anchor - key)
+                if key_label != label and d_ap < d_an < d_ap + margin:
+                    terms.append(d_ap - d_an + margin)
+    return np.mean(terms) if terms else 0.0
 
 
-def test_loss_mines_negatives_from_the_queue():
+NO_MEMORY = np.zeros((0, 8)), np.zeros(0)
+
+
+def test_loss_mines_semihard_negatives_from_batch_and_queue():
     torch.manual_seed(0)
     bank = MemoryBankTriplet(dim=8, memory_size=32, margin=0.3)
     first = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
     first_labels = torch.arange(8).repeat_interleave(2)
-    assert float(bank(first, first_labels)) == 0.0  # empty queue: no negative yet
+    alone = float(bank(first, first_labels))  # empty queue: negatives from the batch alone
+    assert alone == pytest.approx(brute_force_loss(first.numpy(), first_labels.numpy(), *NO_MEMORY, 0.3), abs=1e-5)
     batch = torch.randn(12, 8, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 20, 20, 21, 21, 22, 22])  # 20-22 are not queued
     loss = bank(batch, labels)
     expected = brute_force_loss(batch.detach().numpy(), labels.numpy(), first.numpy(), first_labels.numpy(), 0.3)
     assert float(loss.detach()) == pytest.approx(expected, abs=1e-5)
+    without_queue = brute_force_loss(batch.detach().numpy(), labels.numpy(), *NO_MEMORY, 0.3)
+    assert expected != pytest.approx(without_queue)  # the queued negatives took part
     loss.backward()
     assert batch.grad.abs().sum() > 0
 

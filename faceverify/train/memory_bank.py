@@ -1,12 +1,15 @@
-"""A memory bank of negatives whose mining costs O(B·M): triplet loss with the batch as anchors and
-positives, and negatives mined from a queue of the last M labelled embeddings.
+"""A memory bank of negatives whose mining costs O(B·M): triplet loss over the batch's anchor-positive
+pairs, with negatives mined from the batch and from a queue of the last M labelled embeddings.
 
 PML's `CrossBatchMemory` with a triplet miner mines over memory × memory (O(B·M²): 58 img/s on an
 H100 at M = 8,192). Here each anchor looks once at every queued embedding (one B×M distance
-matrix): its hardest positive comes from the batch, its negative from the queue (semi-hard: the
-closest negative still farther than that positive, else the hardest), so the bank adds M
-negatives per anchor at the cost of one matrix product. The queue (embeddings, labels, write
-position) is made of buffers, so it is in `state_dict` and `--resume` restores it exactly.
+matrix): every (anchor, positive) pair of the batch takes as negatives the batch's and the queue's
+embeddings of other identities that are semi-hard for it (farther than the positive, within the
+margin), as the plain recipe's PML semi-hard miner does within the batch alone; so the bank adds M
+candidate negatives per anchor at the cost of one matrix product. (Taking only the single hardest
+of 8,192 negatives per anchor collapsed the embedding in 600 CPU steps: dev 59 %.) The queue
+(embeddings, labels, write position) is made of buffers, so it is in `state_dict` and `--resume`
+restores it exactly.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: semihard: negatives farther than the positive but within the margin; hard: every negative within it
 MINING = ("semihard", "hard")
 
 
@@ -29,29 +33,22 @@ class MemoryBankTriplet(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings = F.normalize(embeddings.float(), dim=1)
-        same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        batch_dist = torch.cdist(embeddings, embeddings)
-        positive = batch_dist.masked_fill(~same | eye, float("-inf")).amax(1)
-        has_positive = torch.isfinite(positive)
-        negative = self.mine(embeddings, labels, positive)
-        usable = has_positive & torch.isfinite(negative)
+        anchors, positives = torch.nonzero(
+            (labels[:, None] == labels[None, :]).fill_diagonal_(False), as_tuple=True)
+        # negatives: the batch itself, then the queue (a copy: the queue is rewritten before backward)
+        keys = torch.cat([embeddings, self.memory.clone()])
+        key_labels = torch.cat([labels, self.memory_labels])
+        dist = torch.cdist(embeddings, keys)  # B × (B + M): the only cost that grows with M
+        negative = (key_labels[None, :] != labels[:, None]) & (key_labels[None, :] >= 0)
         self.enqueue(embeddings.detach(), labels)
-        if not usable.any():
-            return embeddings.sum() * 0.0  # nothing to learn from yet (empty queue)
-        return F.relu(positive[usable] - negative[usable] + self.margin).mean()
-
-    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-        """Per anchor, the distance to its negative in the queue (inf where the queue has none)."""
-        # B × M: the only cost that grows with M (on a copy: the queue is rewritten before backward)
-        dist = torch.cdist(embeddings, self.memory.clone())
-        invalid = (self.memory_labels[None, :] < 0) | (self.memory_labels[None, :] == labels[:, None])
-        dist = dist.masked_fill(invalid, float("inf"))
-        hardest = dist.amin(1)
-        if self.mining == "hard":
-            return hardest
-        semihard = dist.masked_fill(dist <= positive[:, None], float("inf")).amin(1)
-        return torch.where(torch.isfinite(semihard), semihard, hardest)
+        d_ap = dist[anchors, positives][:, None]
+        d_an = dist[anchors]
+        mined = negative[anchors] & (d_an < d_ap + self.margin)
+        if self.mining == "semihard":
+            mined &= d_an > d_ap
+        if not mined.any():
+            return embeddings.sum() * 0.0  # nothing to learn from this batch
+        return (d_ap - d_an + self.margin)[mined].mean()
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
