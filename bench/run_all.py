@@ -1,5 +1,5 @@
-"""Run every benchmark in turn (what `make bench` does); the training benchmark runs on ORL,
-prepared into a temporary folder first."""
+"""Run every benchmark in turn (what `make bench` does); the training and search benchmarks run on
+ORL, prepared into a temporary folder first."""
 import subprocess
 import sys
 import tempfile
@@ -13,7 +13,11 @@ if __name__ == "__main__":
         orl = Path(tmp) / "orl"
         subprocess.run([sys.executable, "-m", "faceverify.cli", "prepare", str(DATA / "orl"), str(orl)],
                        check=True)
-        for script, args in [("bench_cli.py", []), ("bench_inference.py", []), ("bench_gallery.py", []),
+        for script, args in [("bench_cli.py", []), ("bench_inference.py", []), ("bench_pipeline.py", []),
+                             ("bench_gallery.py", []),
+                             # real templates from ORL here; the README's figures use the extra set
+                             ("bench_search.py", [str(orl), "--real", "400", "--queries", "10",
+                                                  "--sizes", "1000", "100000"]),
                              ("bench_training.py", [str(orl)]),
                              ("bench_openset.py", ["--counts", "0", "--plot", str(Path(tmp) / "openset.png")])]:
             print(f"\n## {script}", flush=True)

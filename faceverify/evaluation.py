@@ -55,11 +55,11 @@ class AlignedPairs:
 
     @classmethod
     def build(cls, pairs: Sequence[Pair], detector: Detector, face_policy: str = "central",
-              batch_size: int = 32, progress: bool = True) -> "AlignedPairs":
+              progress: bool = True) -> "AlignedPairs":
         paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
         index = {p: i for i, p in enumerate(paths)}
         crops, ok, failures = align_photos(paths, [str(p) for p in paths], detector, face_policy,
-                                           batch_size, progress)
+                                           progress)
         return cls(crops, ok, np.array([index[p.left] for p in pairs]),
                    np.array([index[p.right] for p in pairs]), np.array([p.same for p in pairs]),
                    np.array([p.fold for p in pairs]), failures)
@@ -102,9 +102,9 @@ class AlignedIdentities:
 
     @classmethod
     def build(cls, samples: Sequence, detector: Detector, face_policy: str = "central",
-              batch_size: int = 32, progress: bool = True) -> "AlignedIdentities":
+              progress: bool = True) -> "AlignedIdentities":
         crops, ok, failures = align_photos([s.path for s in samples], [s.key for s in samples],
-                                           detector, face_policy, batch_size, progress)
+                                           detector, face_policy, progress)
         identities, labels = np.unique([s.identity for s in samples], return_inverse=True)
         return cls(crops, ok, labels, identities.tolist(), failures)
 
