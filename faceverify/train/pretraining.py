@@ -199,13 +199,14 @@ class SwAV(Pretraining):
 
     @torch.no_grad()
     def _codes(self, view: int, projections: torch.Tensor) -> torch.Tensor:
-        """Sinkhorn codes of this batch's projections, solved together with the queued ones."""
+        """Sinkhorn codes of this batch's projections, solved together with the queued ones; then
+        this batch joins the view's queue (newest first)."""
         batch = len(projections)
         queue = self.queue[view]
         filled = min(int(self.queued), len(queue))
         pool = torch.cat([projections, queue[:filled]]) if filled else projections
         codes = sinkhorn(pool @ self.prototypes.weight.T, self.epsilon, self.iterations)[:batch]
-        if len(queue):  # newest first: shift the queue and put this batch in front
+        if len(queue):  # shift the queue and put this batch in front
             keep = len(queue) - min(batch, len(queue))
             queue[batch:] = queue[:keep].clone()
             queue[:batch] = projections[:len(queue)]
