@@ -1,6 +1,6 @@
 """Inference speed on this machine, side by side in one run: embedding (torch eager vs
-onnxruntime, batch 1 and 64), detection (facenet-pytorch MTCNN vs ONNX MTCNN) and end-to-end
-verification of one pair (torch path vs ONNX path). Prints ratios.
+onnxruntime, batch 1 and 64) and detection (facenet-pytorch MTCNN vs ONNX MTCNN). Prints ratios.
+End to end (folders, one pair) is `bench_pipeline.py`.
 
     python bench/bench_inference.py [--threads 2]
 """
@@ -12,12 +12,10 @@ import numpy as np
 import torch
 
 from common import ROOT, lfw_photos, median_seconds, table
-from faceverify.detect import OnnxMTCNN, TorchMTCNN
+from faceverify.detect import OnnxMTCNN, TorchMTCNN, detect_and_align
 from faceverify.embed import TorchEmbedder
 from faceverify.images import load_rgb
 from faceverify.runtime import OnnxEmbedder
-from faceverify.detect import detect_and_align
-from faceverify.verifier import Verifier
 
 
 def main() -> None:
@@ -45,14 +43,6 @@ def main() -> None:
     rows.append(["MTCNN detect, 250x250 LFW, 16 images", len(det) / t, len(det) / o, t / o])
     table(f"images/s on this CPU ({args.threads} threads); ratio = onnxruntime / torch speed",
           ["what", "torch img/s", "onnxruntime img/s", "ratio"], rows)
-
-    pair = (photos[0], photos[1])
-    torch_verifier = Verifier(args.model + ".pt", device="cpu")
-    onnx_verifier = Verifier.from_onnx(args.model + ".onnx")
-    t = median_seconds(lambda: torch_verifier.verify(*pair), repeat=5)
-    o = median_seconds(lambda: onnx_verifier.verify(*pair), repeat=5)
-    table("verify one pair from JPEG files, end to end (decode, detect, align, embed, score)",
-          ["path", "latency ms", "ratio vs torch"], [["torch", 1000 * t, 1.0], ["onnxruntime", 1000 * o, t / o]])
 
 
 if __name__ == "__main__":

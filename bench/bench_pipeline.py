@@ -37,8 +37,9 @@ def dlib_pipeline():
     """face_recognition's recipe in dlib calls: HOG (upsampled once), 5-point landmarks, ResNet."""
     import dlib
 
-    spec = importlib.util.find_spec("face_recognition_models")
-    files = Path(spec.submodule_search_locations[0]) / "models"
+    from faceverify.train.teachers import dlib_models_dir
+
+    files = dlib_models_dir()
     detector = dlib.get_frontal_face_detector()
     landmarks = dlib.shape_predictor(str(files / "shape_predictor_5_face_landmarks.dat"))
     model = dlib.face_recognition_model_v1(str(files / "dlib_face_recognition_resnet_model_v1.dat"))

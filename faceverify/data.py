@@ -43,8 +43,7 @@ def load_samples(source: str | Path, split: str | None = None) -> list[Sample]:
     if manifest.is_file():
         samples = _read_manifest(manifest)
     elif source.is_dir():
-        samples = [Sample(p, p.relative_to(source).as_posix(), p.parent.name)
-                   for p in sorted(source.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        samples = [Sample(p, p.relative_to(source).as_posix(), p.parent.name) for p in image_paths([source])]
     else:
         raise FaceVerifyError(f"{source}: neither a manifest.csv nor a folder of images")
     if split is not None:

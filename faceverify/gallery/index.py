@@ -29,7 +29,7 @@ class NumpyIndex:
 
 class FaissIndex:
     def __init__(self, templates: np.ndarray, kind: str = "faiss-flat", nlist: int | None = None,
-                 nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 64):
+                 nprobe: int | None = None, hnsw_m: int = 32, ef_search: int = 64):
         import faiss
 
         templates = np.ascontiguousarray(templates, np.float32)
@@ -37,8 +37,9 @@ class FaissIndex:
         if kind == "faiss-flat":
             self.index = faiss.IndexFlatIP(dim)
         elif kind == "faiss-ivf":
-            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist or ivf_lists(len(templates)),
-                                            faiss.METRIC_INNER_PRODUCT)
+            nlist = nlist or ivf_lists(len(templates))
+            nprobe = nprobe or ivf_probes(nlist)
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             # k-means on 64 points a list (FAISS's default 256 trains 4x longer for no recall here)
             self.index.cp.max_points_per_centroid = 64
             self.index.train(templates)
@@ -63,7 +64,8 @@ class FaissIndex:
 
 
 #: from this many templates `--index auto` uses IVF: exact numpy search costs ~10 ms a query at 100k
-#: and grows linearly (~150 ms at 1M), IVF stays at a few ms (bench/bench_search.py)
+#: and grows linearly (~100 ms at 1M), IVF at its default probes ~5 ms at 100k, ~10 ms at 1M
+#: (bench/bench_search.py)
 ANN_FROM = 100_000
 
 

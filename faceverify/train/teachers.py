@@ -49,13 +49,7 @@ class DlibTeacher:
             import dlib
         except ImportError as exc:
             raise FaceVerifyError(f"the dlib teacher needs `pip install 'faceverify[distill]'` ({exc})") from None
-        # the package's own __init__ needs pkg_resources, gone from current setuptools: find its
-        # files without importing it
-        spec = importlib.util.find_spec("face_recognition_models")
-        if spec is None:
-            raise FaceVerifyError("the dlib teacher needs `pip install 'faceverify[distill]'` "
-                                  "(no face_recognition_models)")
-        files = Path(spec.submodule_search_locations[0]) / "models"
+        files = dlib_models_dir()
         self._dlib = dlib
         self._landmarks = dlib.shape_predictor(str(files / "shape_predictor_5_face_landmarks.dat"))
         self._model = dlib.face_recognition_model_v1(str(files / "dlib_face_recognition_resnet_model_v1.dat"))
@@ -66,6 +60,16 @@ class DlibTeacher:
             shapes.append(self._landmarks(photo, dlib_rectangle(face, self._dlib)))
         vectors = np.asarray(self._model.compute_face_descriptor(photo, shapes), np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def dlib_models_dir() -> Path:
+    """The folder of dlib's model files in the `face_recognition_models` package. Its own __init__
+    needs pkg_resources, gone from current setuptools, so the files are found without importing it."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None:
+        raise FaceVerifyError("the dlib teacher needs `pip install 'faceverify[distill]'` "
+                              "(no face_recognition_models)")
+    return Path(spec.submodule_search_locations[0]) / "models"
 
 
 def dlib_rectangle(face: Face, dlib):
