@@ -1,9 +1,10 @@
-"""End to end on a folder of real photos, side by side in one run: ONNX MTCNN one image at a time
-(how it ran before batching) vs batched; `faceverify embed`'s pipeline (decode ahead, detect, align,
-embed) on the torch and ONNX paths, with the detector's speed knob (smallest face as a fraction of
-the image); dlib / face_recognition's pipeline (HOG detector, 5-point landmarks, ResNet) when dlib
-and face_recognition_models are installed; and one-pair verification latency. Every pipeline takes
-the largest face of a photo, as face_recognition's users do.
+"""End to end on a folder of real photos, side by side in one run: the ONNX MTCNN as issue 16 found
+it (commit 7027a0c, each image's pyramid on its own; run from a `git archive` of that commit) vs now, one image per call and
+batched, beside facenet-pytorch's MTCNN; `faceverify embed`'s pipeline (decode ahead, detect,
+align, embed) on the torch and ONNX paths, with the detector's speed knob (smallest face as a
+fraction of the image); dlib / face_recognition's pipeline (HOG detector, 5-point landmarks,
+ResNet) when dlib and face_recognition_models are installed; and one-pair verification latency.
+Every pipeline takes the largest face of a photo, as face_recognition's users do.
 
     python bench/bench_pipeline.py [--photos 500]
 """
@@ -11,6 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +25,8 @@ from faceverify.errors import FaceVerifyError
 from faceverify.images import load_rgb
 from faceverify.verifier import Verifier
 
+#: the last commit before the ONNX MTCNN was batched and its resampling and NMS vectorised
+BASELINE = "7027a0c"
 MODEL = ROOT / "weights" / "faceverify-default"
 
 
@@ -31,6 +38,39 @@ def images_per_second(run, count: int) -> float:
 
 def embed_folder(verifier: Verifier, photos: list[Path]) -> int:
     return sum(not isinstance(r, FaceVerifyError) for r in verifier.analyze_stream(photos))
+
+
+#: run in a checkout of another commit: its ONNX MTCNN, one image per call, on the photos given
+_DETECT_ONE_AT_A_TIME = """
+import sys, time
+from faceverify.detect import OnnxMTCNN
+from faceverify.images import load_rgb
+images = [load_rgb(p) for p in sys.argv[1:]]
+detector = OnnxMTCNN()
+detector.detect(images[:4])
+start = time.perf_counter()
+for image in images:
+    detector.detect([image])
+print(len(images) / (time.perf_counter() - start))
+"""
+
+
+def images_per_second_at(commit: str, photos: list[Path]) -> float | None:
+    """The ONNX MTCNN of `commit`, whole (its own runtime settings too), in a fresh interpreter
+    over a `git archive` of that commit; None, saying why, when that cannot run."""
+    with tempfile.TemporaryDirectory() as tree:
+        archive = subprocess.run(f"git -C {ROOT} archive {commit} | tar -x -C {tree}", shell=True,
+                                 capture_output=True, text=True)
+        if archive.returncode:
+            print(f"ONNX MTCNN at {commit}: skipped ({archive.stderr.strip()})")
+            return None
+        env = {**os.environ, "PYTHONPATH": tree}
+        done = subprocess.run([sys.executable, "-c", _DETECT_ONE_AT_A_TIME, *map(str, photos)], cwd=tree,
+                              env=env, capture_output=True, text=True)
+    if done.returncode:
+        print(f"ONNX MTCNN at {commit}: skipped ({done.stderr.strip().splitlines()[-1]})")
+        return None
+    return float(done.stdout.split()[-1])
 
 
 def dlib_pipeline():
@@ -66,13 +106,28 @@ def main() -> None:
     n = len(photos)
     images = [load_rgb(p) for p in photos]
 
+    def one_at_a_time(detector):
+        return lambda: [detector.detect([image]) for image in images]
+
+    def batched(detector):
+        return lambda: [detector.detect(images[i:i + 32]) for i in range(0, n, 32)]
+
+    rows = []
+    before = images_per_second_at(BASELINE, photos)
+    if before is not None:
+        rows.append([f"ONNX MTCNN at {BASELINE} (as issue 16 found it), one image per call", before])
     detector = OnnxMTCNN()
-    detector.detect(images[:4])
-    rows = [["ONNX MTCNN, one image per call (before)",
-             images_per_second(lambda: [detector.detect([image]) for image in images], n)],
-            ["ONNX MTCNN, batched (32 a call)",
-             images_per_second(lambda: [detector.detect(images[i:i + 32]) for i in range(0, n, 32)], n)]]
-    table(f"detection only, {n} decoded LFW photos (250×250)", ["detector", "images/s"], rows)
+    for name, mtcnn, calls in [("ONNX MTCNN now, one image per call", detector, one_at_a_time),
+                               ("ONNX MTCNN now, batched (32 a call)", detector, batched),
+                               ("facenet-pytorch MTCNN (torch), batched (32 a call)", TorchMTCNN(device="cpu"),
+                                batched)]:
+        mtcnn.detect(images[:4])  # warm-up
+        rows.append([name, images_per_second(calls(mtcnn), n)])
+    header = ["detector", "images/s"]
+    if before is not None:
+        header.append(f"vs {BASELINE}")
+        rows = [row + [f"{row[1] / before:.2f}×"] for row in rows]
+    table(f"detection only, {n} decoded LFW photos (250×250)", header, rows)
 
     paths = {
         "torch (.pt, facenet-pytorch MTCNN)": Verifier(f"{MODEL}.pt", device="cpu", face_policy="largest",

@@ -14,9 +14,16 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from .errors import FaceVerifyError
-from .policies import POLICIES
+from .policies import DETECTION_MAX_SIDE, POLICIES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, not {text}")
+    return value
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -25,13 +32,16 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="average with the mirrored face")
     parser.add_argument("--min-face-fraction", type=float, default=0.0, metavar="F",
                         help="ignore faces smaller than F of the image's short side (faster detection)")
+    parser.add_argument("--max-detection-side", type=_positive_int, default=DETECTION_MAX_SIDE, metavar="PX",
+                        help="detect on a copy at most PX pixels a side (faster on large photos; "
+                             f"default {DETECTION_MAX_SIDE})")
 
 
 def _verifier(args, face_policy: str = "single"):
     from .verifier import Verifier
 
     return Verifier(args.model, device=args.device, face_policy=face_policy, flip=args.flip,
-                    min_face_fraction=args.min_face_fraction)
+                    min_face_fraction=args.min_face_fraction, max_detection_side=args.max_detection_side)
 
 
 def add_verify(sub) -> None:

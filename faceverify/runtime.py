@@ -40,6 +40,9 @@ def create_session(path: str | Path, providers: list[str] | None = None, threads
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle worker threads sleep instead of spinning: several sessions (three MTCNN stages and the
+    # embedder) and the decoding threads share the cores, and spinning ones starve the busy ones
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=wanted)
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files

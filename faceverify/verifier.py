@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .bundled import weights_dir
-from .detect import AlignedFace, Detector, align_all, detect_faces
+from .detect import DETECTION_MAX_SIDE, AlignedFace, Detector, align_all, detect_faces
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput
 from .interfaces import FaceEmbedder
@@ -67,21 +67,23 @@ class Verifier:
     `model`: a checkpoint (.pt) or ONNX file (.onnx); default: the bundled model. `face_policy`
     says which face to use when a photo holds several: "single" (refuse to guess), "largest" or
     "central". `flip` averages the embeddings of the face and its mirror image (test-time
-    augmentation: slower, usually slightly more accurate). `min_face_fraction` skips faces smaller
-    than that fraction of the image's short side: the detector's speed knob (fewer pyramid levels;
-    cost measured in bench/bench_pipeline.py and the README).
+    augmentation: slower, usually slightly more accurate). The detector's speed knobs (their cost
+    measured in bench/bench_pipeline.py and the README): `min_face_fraction` skips faces smaller
+    than that fraction of the image's short side (fewer pyramid levels); `max_detection_side`
+    detects on a copy shrunk to at most that many pixels a side (alignment still uses the original).
     """
 
     def __init__(self, model: str | Path | None = None, *, detector: Detector | None = None,
                  embedder: FaceEmbedder | None = None,
                  device: str | None = None, face_policy: str = "single", flip: bool = False,
-                 min_face_fraction: float = 0.0):
+                 min_face_fraction: float = 0.0, max_detection_side: int = DETECTION_MAX_SIDE):
         if embedder is None:
             embedder = load_embedder(model if model is not None else default_model_path(), device)
         self.embedder = embedder
         self.metadata: ModelMetadata = embedder.metadata
         if detector is None:
-            detector = _default_detector(embedder, device, min_face_fraction)
+            detector = _default_detector(embedder, device, min_face_fraction=min_face_fraction,
+                                         max_side=max_detection_side)
         self.detector = detector
         self.face_policy, self.flip = face_policy, flip
         log.info("faceverify: embedder on %s, detector %s", self.providers, type(detector).__name__)
@@ -178,14 +180,14 @@ def load_embedder(model: str | Path, device: str | None = None) -> FaceEmbedder:
     return TorchEmbedder.from_checkpoint(model, device)
 
 
-def _default_detector(embedder, device, min_face_fraction: float):
+def _default_detector(embedder, device, **speed_knobs):
     if embedder.torch_free:
         from .detect import OnnxMTCNN
 
-        return OnnxMTCNN(providers=embedder.providers, min_face_fraction=min_face_fraction)
+        return OnnxMTCNN(providers=embedder.providers, **speed_knobs)
     from .detect import TorchMTCNN
 
-    return TorchMTCNN(device=device, min_face_fraction=min_face_fraction)
+    return TorchMTCNN(device=device, **speed_knobs)
 
 
 def _describe(image, index: int) -> str:

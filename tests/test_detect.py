@@ -80,3 +80,16 @@ def test_huge_image_detected_on_a_downscaled_copy(torch_detector, photos):
     small_face = select_face(torch_detector.detect([photos[0]])[0], (250, 250), "central")
     big_face = select_face(torch_detector.detect([big])[0], big.shape, "central")
     assert np.abs(big_face.landmarks / 12 - small_face.landmarks).max() < 3
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_max_side_detects_on_a_shrunk_copy_in_original_pixels(backend, photos):
+    from faceverify.detect import OnnxMTCNN, TorchMTCNN
+
+    make = (lambda **kw: TorchMTCNN(device="cpu", **kw)) if backend == "torch" else OnnxMTCNN
+    full = [select_face(faces, (250, 250), "central") for faces in make().detect(photos)]
+    shrunk = [select_face(faces, (250, 250), "central") for faces in make(max_side=125).detect(photos)]
+    for a, b in zip(full, shrunk):
+        assert np.abs(a.landmarks - b.landmarks).max() < 6  # half the pixels: a coarser, same face
+        assert np.abs(a.box - b.box).max() < 12
+    assert not any(make(max_side=40).detect(photos))  # faces shrunk below the 20 px MTCNN looks for

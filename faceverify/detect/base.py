@@ -7,7 +7,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..errors import MultipleFacesError, NoFaceError
-from ..policies import POLICIES
+from ..policies import DETECTION_MAX_SIDE, POLICIES
 
 #: Under the "single" policy, a second face smaller than this fraction of the largest face's area
 #: is treated as background (a bystander) rather than a competing subject.
@@ -62,11 +62,6 @@ def select_face(faces: Sequence[Face], image_shape, policy: str = "single", name
             f"{name}: {len(prominent)} faces found; crop the image or choose a face policy, "
             "'largest' or 'central' (command line: --face-policy)", prominent)
     return by_area[0]
-
-
-#: Images are detected at most this many pixels on their long side (landmarks are scaled back and
-#: alignment uses the full-resolution image), which bounds detection time on huge photos.
-DETECTION_MAX_SIDE = 1280
 
 
 def shrink_for_detection(image: np.ndarray, max_side: int = DETECTION_MAX_SIDE):

@@ -6,15 +6,13 @@ NMS variants), so boxes and landmarks agree with the torch detector to within a 
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..bundled import weights_dir
-from .base import Face, faces_from_arrays, min_face_size, shrink_for_detection
+from .base import DETECTION_MAX_SIDE, Face, faces_from_arrays, min_face_size, shrink_for_detection
 
 MIN_FACE_SCORE = 0.9
 _NORM_SHIFT, _NORM_SCALE = 127.5, 0.0078125
@@ -24,26 +22,28 @@ class OnnxMTCNN:
     """Torch-free MTCNN with the same interface and defaults as `TorchMTCNN`."""
 
     def __init__(self, model_dir: str | Path | None = None, providers: list[str] | None = None,
-                 min_face_size: int = 20, min_face_fraction: float = 0.0,
+                 min_face_size: int = 20, min_face_fraction: float = 0.0, max_side: int = DETECTION_MAX_SIDE,
                  min_score: float = MIN_FACE_SCORE, thresholds=(0.6, 0.7, 0.7), factor: float = 0.709):
         from ..runtime import create_session
 
         model_dir = Path(model_dir) if model_dir is not None else weights_dir() / "mtcnn"
         self.pnet, self.rnet, self.onet = (create_session(model_dir / f"{n}.onnx", providers)
                                            for n in ("pnet", "rnet", "onet"))
-        self.min_face_size, self.min_face_fraction = min_face_size, min_face_fraction
+        self.min_face_size, self.min_face_fraction, self.max_side = min_face_size, min_face_fraction, max_side
         self.min_score, self.thresholds, self.factor = min_score, thresholds, factor
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces of every image, all images through each stage together: P-net over each pyramid
         level of all equal-size images at once, R- and O-net over every candidate of every image."""
-        # the resampling matrices are small: multithreaded BLAS only spins (and starves onnxruntime)
-        with threadpool_limits(1, user_api="blas"):
-            shrunk = [shrink_for_detection(image) for image in images]
-            small = [image for image, _ in shrunk]
-            boxes = self._proposals(small)
-            boxes = self._refine(small, boxes)
-            found = self._output(small, boxes)
+        shrunk = [shrink_for_detection(image, self.max_side) for image in images]
+        groups = _summed_by_shape([image for image, _ in shrunk])
+        tables = [None] * len(images)  # each image's summed-area table, a view into its group's
+        for members, group_tables in groups:
+            for i, table in zip(members, group_tables):
+                tables[i] = table
+        boxes = self._proposals(groups, len(images))
+        boxes = self._refine(tables, boxes)
+        found = self._output(tables, boxes)
         return [faces_from_arrays(b[:, :4], b[:, 4], points, scale, self.min_score)
                 for (b, points), (_, scale) in zip(found, shrunk)]
 
@@ -56,19 +56,18 @@ class OnnxMTCNN:
             minl *= self.factor
         return scales
 
-    def _proposals(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def _proposals(self, groups: list[tuple[list[int], np.ndarray]], count: int) -> list[np.ndarray]:
         """Stage 1, P-net over the pyramid: per image, squared candidate boxes (x1, y1, x2, y2, score)."""
-        by_shape: dict[tuple, list[int]] = {}
-        for i, image in enumerate(images):
-            by_shape.setdefault(image.shape, []).append(i)
-        candidates: list[list[np.ndarray]] = [[] for _ in images]
-        for (h, w, _), members in by_shape.items():
+        candidates: list[list[np.ndarray]] = [[] for _ in range(count)]
+        for members, tables in groups:
+            h, w = tables.shape[1] - 1, tables.shape[2] - 1
             for scale in self._scales(h, w):
                 size = (int(h * scale + 1), int(w * scale + 1))
-                for chunk in _chunks(members, max(1, PNET_BATCH_PIXELS // (size[0] * size[1]))):
-                    resized = area_resize(np.stack([images[i] for i in chunk]), *size)
+                step = max(1, PNET_BATCH_PIXELS // (size[0] * size[1]))
+                for start in range(0, len(members), step):
+                    resized = resize_tables(tables[start:start + step], *size)
                     reg, prob = self.pnet.run(None, {"image": _to_input(resized)})
-                    for row, i in enumerate(chunk):
+                    for row, i in enumerate(members[start:start + step]):
                         boxes = _generate_boxes(reg[row], prob[row, 1], scale, self.thresholds[0])
                         candidates[i].append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
         out = []
@@ -80,9 +79,9 @@ class OnnxMTCNN:
                                                 boxes[:, 2:4] + boxes[:, 7:9] * size, boxes[:, 4]])))
         return out
 
-    def _refine(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+    def _refine(self, tables: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
         """Stage 2, R-net over every image's candidates in one batch: kept, regressed, squared."""
-        kept, outputs = _run_on_crops(self.rnet, images, boxes, 24)
+        kept, outputs = _run_on_crops(self.rnet, tables, boxes, 24, RNET_BATCH)
         out = []
         for b, (reg, prob) in zip(kept, outputs):
             keep = prob[:, 1] > self.thresholds[1]
@@ -91,9 +90,9 @@ class OnnxMTCNN:
             out.append(_square(_regress(b[pick], reg[keep][pick])))
         return out
 
-    def _output(self, images: list[np.ndarray], boxes: list[np.ndarray]):
+    def _output(self, tables: list[np.ndarray], boxes: list[np.ndarray]):
         """Stage 3, O-net over every image's boxes in one batch: scores, boxes and landmarks."""
-        kept, outputs = _run_on_crops(self.onet, images, boxes, 48)
+        kept, outputs = _run_on_crops(self.onet, tables, boxes, 48, ONET_BATCH)
         out = []
         for b, (reg, marks, prob) in zip(kept, outputs):
             keep = prob[:, 1] > self.thresholds[2]
@@ -109,28 +108,32 @@ class OnnxMTCNN:
         return out
 
 
-#: P-net input pixels per run (equal-size images of one pyramid level go through together)
-PNET_BATCH_PIXELS = 1 << 21
-#: R-/O-net crops per run
-CROP_BATCH = 512
+#: Network inputs per onnxruntime run. Batches beyond these run slower a face on a CPU (their
+#: activations spill out of cache): P-net input pixels (equal-size images of one pyramid level go
+#: through together), R-net crops, O-net crops.
+PNET_BATCH_PIXELS, RNET_BATCH, ONET_BATCH = 1 << 18, 64, 16
 
 
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _summed_by_shape(images: list[np.ndarray]) -> list[tuple[list[int], np.ndarray]]:
+    """Images grouped by shape: (their indices, their stacked summed-area tables) per group."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(i)
+    return [(members, summed_area_tables(np.stack([images[i] for i in members])))
+            for members in by_shape.values()]
 
 
-def _run_on_crops(session, images: list[np.ndarray], boxes: list[np.ndarray], size: int):
+def _run_on_crops(session, tables: list[np.ndarray], boxes: list[np.ndarray], size: int, batch: int):
     """Run an R-/O-net on the size×size crops of every image's boxes together; returns per image
     (the boxes that clipped to something, the network's outputs for them)."""
     kept, crops = [], []
-    for image, b in zip(images, boxes):
-        image_crops, b = _crop_boxes(image, b, size)
+    for table, b in zip(tables, boxes):
+        image_crops, b = _crop_boxes(table, b, size)
         kept.append(b)
         crops.append(image_crops)
     crops = np.concatenate(crops)
     if len(crops):
-        runs = [session.run(None, {"image": crops[i:i + CROP_BATCH]}) for i in range(0, len(crops), CROP_BATCH)]
+        runs = [session.run(None, {"image": crops[i:i + batch]}) for i in range(0, len(crops), batch)]
         outputs = [np.concatenate(parts) for parts in zip(*runs)]
     else:  # nothing to run: empty outputs of the right widths
         outputs = [np.zeros((0, out.shape[1]), np.float32) for out in session.get_outputs()]
@@ -138,27 +141,60 @@ def _run_on_crops(session, images: list[np.ndarray], boxes: list[np.ndarray], si
     return kept, [[out[a:z] for out in outputs] for a, z in zip(bounds[:-1], bounds[1:])]
 
 
+def summed_area_tables(images: np.ndarray) -> np.ndarray:
+    """Summed-area tables of a BxHxWxC uint8 batch, (B, H+1, W+1, C) with a zero first row and
+    column. Any window's pixel sum is then four lookups, in exact integers, so every pyramid level
+    and every R-/O-net crop of an image is resampled from one table instead of from the pixels."""
+    b, h, w, c = images.shape
+    dtype = np.int32 if 255 * h * w < 2 ** 31 else np.int64
+    tables = np.zeros((b, h + 1, w + 1, c), dtype)
+    np.cumsum(images, axis=1, dtype=dtype, out=tables[:, 1:, 1:])
+    np.cumsum(tables[:, 1:, 1:], axis=2, out=tables[:, 1:, 1:])
+    return tables
+
+
 def area_resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Area (adaptive average) resampling of an HxWxC image, or a BxHxWxC batch, exactly as torch's
-    `interpolate(mode="area")`, which facenet-pytorch uses: output pixel i averages input pixels
-    [floor(i·in/out), ceil((i+1)·in/out)). OpenCV's INTER_AREA weights fractional pixels instead,
-    which shifts P-net's candidates enough to move some boxes by pixels."""
+    """Area (adaptive average) resampling of an HxWxC uint8 image, or a BxHxWxC batch, exactly as
+    torch's `interpolate(mode="area")`, which facenet-pytorch uses: output pixel i averages input
+    pixels [floor(i·in/out), ceil((i+1)·in/out)). OpenCV's INTER_AREA weights fractional pixels
+    instead, which shifts P-net's candidates enough to move some boxes by pixels."""
     if img.ndim == 3:
         return area_resize(img[None], out_h, out_w)[0]
-    b, h, w, c = img.shape
-    rows = _area_matrix(h, out_h) @ img.reshape(b, h, w * c).astype(np.float32)  # (b, out_h, w·c)
-    cols = _area_matrix(w, out_w) @ rows.reshape(b, out_h, w, c).transpose(0, 2, 1, 3).reshape(b, w, out_h * c)
-    return cols.reshape(b, out_w, out_h, c).transpose(0, 2, 1, 3)
+    return resize_tables(summed_area_tables(img), out_h, out_w)
 
 
-@lru_cache(maxsize=4096)
-def _area_matrix(size_in: int, size_out: int) -> np.ndarray:
-    i = np.arange(size_out)
-    start = (i * size_in) // size_out
-    end = -((-(i + 1) * size_in) // size_out)
-    j = np.arange(size_in)
-    mask = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
-    return (mask / (end - start)[:, None]).astype(np.float32)
+def resize_tables(tables: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """`area_resize` of whole images from their summed-area tables (one pyramid level)."""
+    (r0, r1), (c0, c1) = (_window_bounds(np.zeros(1, np.int64), np.array([n - 1]), size)
+                          for n, size in ((tables.shape[1], out_h), (tables.shape[2], out_w)))
+    r0, r1, c0, c1 = r0[0], r1[0], c0[0], c1[0]
+    rows = tables.take(r1, axis=1) - tables.take(r0, axis=1)  # (B, out_h, W+1, C): row-band sums
+    sums = rows.take(c1, axis=2) - rows.take(c0, axis=2)
+    return sums.astype(np.float32) / np.outer(r1 - r0, c1 - c0).astype(np.float32)[:, :, None]
+
+
+def crop_tables(table: np.ndarray, top: np.ndarray, left: np.ndarray, height: np.ndarray,
+                width: np.ndarray, size: int) -> np.ndarray:
+    """`area_resize` to size×size of many windows of one image at once, from its summed-area table:
+    window k is rows [top, top + height) and columns [left, left + width); returns (K, size, size, C)."""
+    r0, r1 = _window_bounds(top, height, size)
+    c0, c1 = _window_bounds(left, width, size)
+    counts = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).astype(np.float32)
+    stride = table.shape[1]  # gather from the flattened table: much faster than 3-d fancy indexing
+    r0, r1, c0, c1 = (r0 * stride)[:, :, None], (r1 * stride)[:, :, None], c0[:, None, :], c1[:, None, :]
+    flat = table.reshape(-1, table.shape[2])
+    sums = (flat.take(r1 + c1, axis=0) - flat.take(r0 + c1, axis=0)
+            - flat.take(r1 + c0, axis=0) + flat.take(r0 + c0, axis=0))
+    return sums.astype(np.float32) / counts[..., None]
+
+
+def _window_bounds(start: np.ndarray, length: np.ndarray, size: int):
+    """Per window (arrays of K starts and lengths): the [lo, hi) input ranges that area resampling
+    averages for each of `size` outputs, as two (K, size) arrays."""
+    i = np.arange(size)
+    lo = start[:, None] + (i * length[:, None]) // size
+    hi = start[:, None] - ((-(i + 1) * length[:, None]) // size)
+    return lo, hi
 
 
 def _to_input(batch_hwc: np.ndarray) -> np.ndarray:
@@ -175,24 +211,28 @@ def _generate_boxes(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: 
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
-    """Greedy non-maximum suppression. "union": IoU as torchvision computes it (no +1);
-    "min": overlap over the smaller box, with MTCNN's +1 pixel areas."""
+    """Greedy non-maximum suppression, indices kept, best first. "union": IoU as torchvision
+    computes it (no +1), run by OpenCV's C++ NMS (same boxes, equal scores taken in index order);
+    "min": overlap over the smaller box, with MTCNN's +1 pixel areas, boxes taken from the end of
+    numpy's default argsort as facenet-pytorch's numpy NMS takes them: O-net's scores saturate, so
+    equal scores are common and their order picks between boxes pixels apart."""
     if not len(boxes):
         return np.zeros(0, np.int64)
-    plus = 1.0 if mode == "min" else 0.0
+    if mode == "union":
+        import cv2
+
+        xywh = np.column_stack([boxes[:, :2], boxes[:, 2:4] - boxes[:, :2]]).astype(np.float64)
+        return np.asarray(cv2.dnn.NMSBoxes(xywh, scores.astype(np.float32), 0.0, threshold), np.int64).reshape(-1)
     x1, y1, x2, y2 = boxes.T
-    area = (x2 - x1 + plus) * (y2 - y1 + plus)
-    order = np.argsort(-scores, kind="stable")
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(scores)[::-1]
     keep = []
     while len(order):
         i, rest = order[0], order[1:]
         keep.append(i)
-        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + plus)
-        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + plus)
-        inter = iw * ih
-        overlap = inter / (np.minimum(area[i], area[rest]) if mode == "min"
-                           else area[i] + area[rest] - inter)
-        order = rest[overlap <= threshold]
+        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        order = rest[iw * ih / np.minimum(area[i], area[rest]) <= threshold]
     return np.array(keep, np.int64)
 
 
@@ -215,17 +255,16 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def _crop_boxes(img: np.ndarray, boxes: np.ndarray, size: int):
-    """Crops of the (clipped) boxes resized to size×size, as a network batch; boxes that clip to
-    nothing are dropped."""
-    h, w = img.shape[:2]
+def _crop_boxes(table: np.ndarray, boxes: np.ndarray, size: int):
+    """Crops of the (clipped) boxes resized to size×size from the image's summed-area table, as a
+    network batch; boxes that clip to nothing are dropped."""
+    h, w = table.shape[0] - 1, table.shape[1] - 1
     ints = np.trunc(boxes[:, :4]).astype(np.int64)
     x = np.maximum(ints[:, 0], 1)
     y = np.maximum(ints[:, 1], 1)
     ex = np.minimum(ints[:, 2], w)
     ey = np.minimum(ints[:, 3], h)
     valid = (ey > y - 1) & (ex > x - 1)
-    crops = [area_resize(img[y[k] - 1:ey[k], x[k] - 1:ex[k]], size, size) for k in np.flatnonzero(valid)]
-    if not crops:
-        return np.zeros((0, 3, size, size), np.float32), boxes[:0]
-    return _to_input(np.stack(crops)), boxes[valid]
+    x, y, ex, ey = x[valid], y[valid], ex[valid], ey[valid]
+    crops = crop_tables(table, y - 1, x - 1, ey - y + 1, ex - x + 1, size)
+    return _to_input(crops), boxes[valid]

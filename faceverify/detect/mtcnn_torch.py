@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import Face, faces_from_arrays, min_face_size, shrink_for_detection
+from .base import DETECTION_MAX_SIDE, Face, faces_from_arrays, min_face_size, shrink_for_detection
 
 #: Minimum final-stage confidence for a detection to count as a face.
 MIN_FACE_SCORE = 0.9
@@ -16,8 +16,8 @@ class TorchMTCNN:
     """Batched MTCNN on CPU or CUDA; images of equal size share one forward pass."""
 
     def __init__(self, device: str | None = None, min_face_size: int = 20,
-                 min_face_fraction: float = 0.0, min_score: float = MIN_FACE_SCORE,
-                 thresholds=(0.6, 0.7, 0.7)):
+                 min_face_fraction: float = 0.0, max_side: int = DETECTION_MAX_SIDE,
+                 min_score: float = MIN_FACE_SCORE, thresholds=(0.6, 0.7, 0.7)):
         import torch
         from facenet_pytorch import MTCNN
 
@@ -25,11 +25,12 @@ class TorchMTCNN:
         self.min_score = min_score
         self.min_face_size = min_face_size
         self.min_face_fraction = min_face_fraction  # of the short side: skips tiny pyramid levels
+        self.max_side = max_side  # longer photos are detected on a shrunk copy
         self._mtcnn = MTCNN(min_face_size=min_face_size, thresholds=list(thresholds),
                             keep_all=True, device=self.device)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        prepared = [shrink_for_detection(img) for img in images]
+        prepared = [shrink_for_detection(img, self.max_side) for img in images]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, (small, _) in enumerate(prepared):
             groups[small.shape].append(index)
