@@ -2,7 +2,7 @@
 it (commit 7027a0c, each image's pyramid on its own; run from a `git archive` of that commit) vs now, one image per call and
 batched, beside facenet-pytorch's MTCNN; `faceverify embed`'s pipeline (decode ahead, detect,
 align, embed) on the torch and ONNX paths, with the detector's speed knob (smallest face as a
-fraction of the image); dlib / face_recognition's pipeline (HOG detector, 5-point landmarks,
+fraction of the image, and a maximum detection side); dlib / face_recognition's pipeline (HOG detector, 5-point landmarks,
 ResNet) when dlib and face_recognition_models are installed; and one-pair verification latency.
 Every pipeline takes the largest face of a photo, as face_recognition's users do.
 
@@ -135,6 +135,8 @@ def main() -> None:
         "ONNX (.onnx, batched ONNX MTCNN)": Verifier(f"{MODEL}.onnx", face_policy="largest"),
         "ONNX, smallest face 1/5 of the image": Verifier(f"{MODEL}.onnx", face_policy="largest",
                                                          min_face_fraction=0.2),
+        "ONNX, detected at ≤ 125 px a side": Verifier(f"{MODEL}.onnx", face_policy="largest",
+                                                      max_detection_side=125),
     }
     rows, speeds = [], {}
     for name, verifier in paths.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,19 @@ from .images import ImageInput, load_rgb
 
 #: detector batch limits: images, and pixels (about sixteen 1-megapixel photos)
 BATCH_IMAGES, BATCH_PIXELS = 32, 16_000_000
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def run_ahead(items: Iterator[T]) -> Iterator[T]:
+    """The items of `items`, the next one computed in a background thread while the consumer works
+    on the current one: detecting batch k + 1 overlaps embedding batch k (both release the GIL)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead") as pool:
+        pending = pool.submit(next, items, _DONE)
+        while (item := pending.result()) is not _DONE:
+            pending = pool.submit(next, items, _DONE)
+            yield item
 
 
 def decode_ahead(images: Iterable[ImageInput], workers: int = 2,

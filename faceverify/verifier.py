@@ -20,7 +20,7 @@ from .images import ImageInput
 from .interfaces import FaceEmbedder
 from .metadata import ModelMetadata
 from .metrics import cosine_scores
-from .pipeline import aligned_batches
+from .pipeline import aligned_batches, run_ahead
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,12 @@ class Verifier:
                        face_policy: str | None = None, workers: int = 2
                        ) -> Iterator[FaceEmbedding | FaceVerifyError]:
         """`analyze` for inputs of any length, one result per image in input order: decoding runs
-        ahead in `workers` threads, detection and embedding go batch by batch (`pipeline`), so
-        memory stays bounded on folders of any size."""
+        ahead in `workers` threads, the next batch is detected while this one is embedded
+        (`pipeline`), so memory stays bounded on folders of any size."""
         images = list(images)  # paths or images already in memory: references only
         names = list(names) if names is not None else [_describe(img, i) for i, img in enumerate(images)]
-        for results in aligned_batches(images, names, self.detector, face_policy or self.face_policy, workers):
+        batches = aligned_batches(images, names, self.detector, face_policy or self.face_policy, workers)
+        for results in run_ahead(batches):
             aligned = [i for i, r in enumerate(results) if isinstance(r, AlignedFace)]
             if aligned:
                 embeddings = self.embed_aligned(np.stack([results[i].crop for i in aligned]))

@@ -9,7 +9,7 @@ import pytest
 from faceverify.detect import OnnxMTCNN
 from faceverify.errors import FaceVerifyError, InvalidImageError
 from faceverify.images import load_rgb
-from faceverify.pipeline import decode_ahead, pixel_batches
+from faceverify.pipeline import decode_ahead, pixel_batches, run_ahead
 
 from .conftest import BUNDLED_ONNX, LFW, ROOT
 
@@ -20,8 +20,9 @@ def test_batched_onnx_mtcnn_equals_one_image_at_a_time():
     images = [load_rgb(p) for p in PHOTOS]
     images += [np.concatenate(images[:2], axis=1),  # another size, two faces
                np.zeros((200, 300, 3), np.uint8)]  # no face
-    detector = OnnxMTCNN()
+    detector = OnnxMTCNN(workers=3)  # three shards of 5, 5 and 4 images, detected concurrently
     together = detector.detect(images)
+    assert detector.detect([]) == []
     alone = [detector.detect([image])[0] for image in images]
     assert [len(f) for f in together] == [len(f) for f in alone] and len(together[-2]) == 2
     assert together[-1] == []
@@ -50,6 +51,24 @@ def test_decode_ahead_keeps_order_and_errors_and_stays_bounded(tmp_path):
         else:
             assert decoded[0, 0, 0] == yielded
     assert len(consumed) == 50
+
+
+@pytest.mark.data_free
+def test_run_ahead_keeps_order_stays_one_ahead_and_raises():
+    produced = []
+
+    def batches():
+        for k in range(5):
+            produced.append(k)
+            yield k
+        raise InvalidImageError("broken at the end")
+
+    consumed = []
+    with pytest.raises(InvalidImageError, match="broken at the end"):
+        for item in run_ahead(batches()):
+            assert len(produced) <= item + 2  # the current item and at most one ahead
+            consumed.append(item)
+    assert consumed == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.data_free
