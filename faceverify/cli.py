@@ -247,6 +247,8 @@ def add_export(sub) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: half-precision weights and activations, for GPUs (float32 embeddings out)")
     p.add_argument("--mtcnn", type=Path, metavar="DIR", help="also export P/R/O-net into DIR")
     p.set_defaults(func=cmd_export)
 
@@ -254,9 +256,9 @@ def add_export(sub) -> None:
 def cmd_export(args) -> int:
     from .export import export_embedder, export_mtcnn
 
-    metadata = export_embedder(args.checkpoint, args.out, args.input_dtype)
+    metadata = export_embedder(args.checkpoint, args.out, args.input_dtype, args.precision)
     print(f"{args.out}: {metadata.arch}, dim {metadata.embedding_dim}, opset "
-          f"{metadata.onnx['opset']}, weights {metadata.short_hash}", file=sys.stderr)
+          f"{metadata.onnx['opset']}, {args.precision}, weights {metadata.short_hash}", file=sys.stderr)
     if args.mtcnn:
         for path in export_mtcnn(args.mtcnn):
             print(path, file=sys.stderr)

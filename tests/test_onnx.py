@@ -45,6 +45,16 @@ def test_export_parity_and_metadata(tmp_path, crops):
     assert int(props["embedding_dim"]) == metadata.embedding_dim and "template" in json.loads(props["faceverify"])
 
 
+def test_half_precision_export_keeps_the_embeddings(tmp_path, crops):
+    out = tmp_path / "h.onnx"
+    export_embedder(BUNDLED, out, precision="fp16")
+    half, full = OnnxEmbedder(out), OnnxEmbedder(BUNDLED_ONNX)
+    assert half.metadata.onnx["precision"] == "fp16" and out.stat().st_size < 0.6 * BUNDLED_ONNX.stat().st_size
+    embeddings = half(crops)
+    assert embeddings.dtype == np.float32
+    assert (embeddings * full(crops)).sum(axis=1).min() > 0.999  # cosine to the fp32 model's
+
+
 def test_float_input_export(tmp_path, crops):
     out = tmp_path / "f.onnx"
     export_embedder(BUNDLED, out, input_dtype="float32")

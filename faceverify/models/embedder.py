@@ -44,5 +44,5 @@ class Embedder(nn.Module):
                                   spatial=self.trunk.out_size, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - PIXEL_MEAN) / PIXEL_STD
+        x = (x.to(self.head.fc.weight.dtype) - PIXEL_MEAN) / PIXEL_STD  # float32, or float16 if halved
         return F.normalize(self.head(self.trunk(x)).float(), dim=1)
