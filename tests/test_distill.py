@@ -1,8 +1,9 @@
 """Distillation: the loss terms against brute force, the dlib teacher pass on real photos (resumes
-after SIGKILL), and a student that learns from real teacher embeddings (its distillation loss
+after SIGKILL), the MobileFaceNet teacher on real photos (where its files are), and a student that learns from real teacher embeddings (its distillation loss
 falls; a killed distillation run resumes)."""
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from faceverify.detect import select_face
+from faceverify.images import load_rgb
 from faceverify.train import Trainer, load_config
 from faceverify.train.distill import DistillConfig, Distillation, cosine_term, relation_term
 from faceverify.train.teachers import load_teacher_parts
 
-from .conftest import ROOT, celeba_subset
+from .conftest import ROOT, celeba_subset, lfw
 
 TEACHER_SCRIPT = str(ROOT / "training" / "teacher_embed.py")
 
@@ -165,3 +168,36 @@ def test_killed_distillation_run_resumes(taught, tmp_path):
                                            "distill.relation_weight=1.0"), total=40)
     with open(tmp_path / "history.jsonl") as fh:
         assert all("distill_dlib_cosine" in r for r in map(json.loads, fh) if "loss" in r)
+
+
+def mobilefacenet_teacher():
+    from faceverify.train.teachers import MobileFaceNetTeacher
+
+    pytest.importorskip("ncnn", reason="the mobilefacenet teacher needs faceverify[distill]")
+    folder = os.environ.get(MobileFaceNetTeacher.ENV)
+    if not folder:
+        pytest.skip(f"set {MobileFaceNetTeacher.ENV} to the folder of insightface_mfnet_mxnet.param/.bin "
+                    "(github:CrD1997/mobilefacenet_ncnn, models/): it is not redistributable")
+    return MobileFaceNetTeacher(folder)
+
+
+def test_mobilefacenet_teacher_knows_people(torch_detector):
+    teacher = mobilefacenet_teacher()
+    people = [("Aaron_Peirsol", 1), ("Aaron_Peirsol", 3), ("Abdullah_Gul", 1), ("Abdullah_Gul", 3), ("Adrien_Brody", 2)]
+    images = [load_rgb(lfw(name, i)) for name, i in people]
+    faces = [select_face(found, image.shape, "central") for found, image in zip(torch_detector.detect(images), images)]
+    vectors = np.concatenate([teacher.embed(image, [face]) for image, face in zip(images, faces)])
+    assert vectors.shape == (5, 128)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    sims = vectors @ vectors.T
+    assert min(sims[0, 1], sims[2, 3]) > 0.5 > max(sims[0, 2], sims[0, 4], sims[1, 3], sims[2, 4])
+
+
+@pytest.mark.data_free
+def test_mobilefacenet_teacher_without_its_files_says_where_to_get_them(tmp_path):
+    pytest.importorskip("ncnn", reason="the mobilefacenet teacher needs faceverify[distill]")
+    from faceverify.errors import FaceVerifyError
+    from faceverify.train.teachers import MobileFaceNetTeacher
+
+    with pytest.raises(FaceVerifyError, match="CrD1997/mobilefacenet_ncnn"):
+        MobileFaceNetTeacher(tmp_path)

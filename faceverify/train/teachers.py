@@ -19,6 +19,7 @@ from typing import Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..align import align_face
 from ..data import load_samples
 from ..detect import Face
 from ..errors import FaceVerifyError
@@ -82,7 +83,45 @@ def dlib_rectangle(face: Face, dlib):
     return dlib.rectangle(round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
 
 
-TEACHER_FACTORIES = {"dlib": DlibTeacher}
+class MobileFaceNetTeacher:
+    """InsightFace's MobileFaceNet (trained on MS1M, 128-d) in ncnn's format, on the 112×112 crop
+    of the ArcFace template, the alignment it was trained with (`align_face`, from the recorded
+    landmarks). InsightFace's models are licensed for non-commercial research only, and a student
+    distilled from it inherits that. Its files (`insightface_mfnet_mxnet.param` / `.bin`, from
+    github:CrD1997/mobilefacenet_ncnn) are never downloaded: pass their folder, or set
+    FACEVERIFY_MOBILEFACENET_DIR."""
+
+    name, dim = "mobilefacenet", 128
+    licence = "non-commercial research only (InsightFace MobileFaceNet, MS1M)"
+    FILES = "insightface_mfnet_mxnet"
+    ENV = "FACEVERIFY_MOBILEFACENET_DIR"
+
+    def __init__(self, model_dir: str | Path | None = None):
+        try:
+            import ncnn
+        except ImportError as exc:
+            raise FaceVerifyError(f"the mobilefacenet teacher needs `pip install 'faceverify[distill]'` ({exc})") from None
+        folder = Path(model_dir or os.environ.get(self.ENV, ""))
+        param, weights = folder / f"{self.FILES}.param", folder / f"{self.FILES}.bin"
+        if not (param.is_file() and weights.is_file()):
+            raise FaceVerifyError(f"the mobilefacenet teacher needs {param.name} and {weights.name} (from "
+                                  f"github:CrD1997/mobilefacenet_ncnn, models/) in a folder given by {self.ENV}")
+        self._ncnn, self._net = ncnn, ncnn.Net()
+        self._net.opt.num_threads = 1  # one face at a time: threads only add overhead
+        if self._net.load_param(str(param)) or self._net.load_model(str(weights)):
+            raise FaceVerifyError(f"{folder}: ncnn cannot load {self.FILES}")
+
+    def embed(self, photo: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        vectors = np.empty((len(faces), self.dim), np.float32)
+        for i, face in enumerate(faces):
+            crop = np.ascontiguousarray(align_face(photo, face.landmarks))
+            extractor = self._net.create_extractor()
+            extractor.input("data", self._ncnn.Mat.from_pixels(crop, self._ncnn.Mat.PixelType.PIXEL_RGB, 112, 112))
+            vectors[i] = np.asarray(extractor.extract("fc1")[1]).reshape(-1)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+TEACHER_FACTORIES = {"dlib": DlibTeacher, "mobilefacenet": MobileFaceNetTeacher}
 
 
 def build_teacher(name: str) -> Teacher:
