@@ -1,9 +1,9 @@
-"""Teacher embeddings for distillation: `python training/teacher_embed.py SOURCE PREPARED --teacher dlib`.
+"""Teacher embeddings for distillation: `python training/teacher_embed.py SOURCE PREPARED --teacher dlib [mobilefacenet]`.
 
 SOURCE is what `faceverify prepare` read (a manifest.csv or image folder), PREPARED its output.
 Writes PREPARED/teachers/<name>/part-*.npz; rerun after a kill to continue where it stopped.
-`--pairs FILE --root DIR` instead scores the teacher itself on a pairs protocol (its own
-alignment, faces found by our MTCNN), to check it before distilling from it.
+`--pairs FILE --root DIR` instead scores the teachers themselves on a pairs protocol (their own
+alignment, faces found by our MTCNN), and their averaged scores, to check them before distilling.
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ from faceverify.metrics import cosine_scores, verification_report  # noqa: E402
 from faceverify.train.teachers import TEACHER_FACTORIES, build_teacher, embed_prepared  # noqa: E402
 
 
-def evaluate_teacher(teacher, pairs_file: str, root: str) -> dict:
-    pairs = read_pairs(pairs_file, root)
-    paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
-    detector, vectors = TorchMTCNN(), {}
+def teacher_scores(teacher, pairs, paths: list[str], detector) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine score, both faces found) per pair, by `teacher` on the faces our detector finds."""
+    vectors = {}
     for start in tqdm(range(0, len(paths), 32), desc=f"teacher {teacher.name} on pairs", unit="batch"):
         batch = paths[start:start + 32]
         # the student's own detection step (padding retry included), then the teacher's alignment
@@ -36,30 +35,48 @@ def evaluate_teacher(teacher, pairs_file: str, root: str) -> dict:
                 vectors[path] = teacher.embed(found.image, [face])[0]
     valid = np.array([p.left in vectors and p.right in vectors for p in pairs])
     zero = np.zeros(teacher.dim, np.float32)
-    scores = cosine_scores(np.stack([vectors.get(p.left, zero) for p in pairs]),
-                           np.stack([vectors.get(p.right, zero) for p in pairs]))
-    report = verification_report(scores, np.array([p.same for p in pairs]),
-                                 np.array([p.fold for p in pairs]), valid)
-    return report.to_dict()
+    return cosine_scores(np.stack([vectors.get(p.left, zero) for p in pairs]),
+                         np.stack([vectors.get(p.right, zero) for p in pairs])), valid
+
+
+def evaluate_teachers(teachers, pairs_file: str, root: str) -> dict:
+    """Each teacher's verification report on a pairs protocol and, for several, the report of their
+    averaged cosine scores (how far a student taught by all of them could go)."""
+    pairs = read_pairs(pairs_file, root)
+    paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
+    detector, reports, all_scores, all_valid = TorchMTCNN(), {}, [], []
+    same, folds = np.array([p.same for p in pairs]), np.array([p.fold for p in pairs])
+    for teacher in teachers:
+        scores, valid = teacher_scores(teacher, pairs, paths, detector)
+        reports[teacher.name] = verification_report(scores, same, folds, valid).to_dict()
+        all_scores.append(scores)
+        all_valid.append(valid)
+    if len(teachers) > 1:
+        reports["mean of " + " + ".join(t.name for t in teachers)] = verification_report(
+            np.mean(all_scores, axis=0), same, folds, np.logical_and.reduce(all_valid)).to_dict()
+    return reports
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", help="the dataset prepare read (manifest.csv or folder)")
     parser.add_argument("prepared", nargs="?", help="prepare's output folder")
-    parser.add_argument("--teacher", default="dlib", choices=sorted(TEACHER_FACTORIES))
+    parser.add_argument("--teacher", nargs="+", default=["dlib"], choices=sorted(TEACHER_FACTORIES),
+                        help="one or more teachers (--pairs also scores their averaged cosines)")
     parser.add_argument("--part-size", type=int, default=512,
                         help="faces per stored part: what a kill can lose at most")
     parser.add_argument("--pairs", help="score the teacher on this pairs file instead")
     parser.add_argument("--root", help="image root of --pairs")
     args = parser.parse_args()
-    teacher = build_teacher(args.teacher)
-    if args.pairs:
-        print(json.dumps(evaluate_teacher(teacher, args.pairs, args.root), indent=2))
-    elif args.source and args.prepared:
-        print(f"{embed_prepared(args.source, args.prepared, teacher, part_size=args.part_size)} faces embedded")
-    else:
+    if not (args.pairs and args.root) and not (args.source and args.prepared):
         parser.error("give SOURCE PREPARED, or --pairs and --root")
+    teachers = [build_teacher(name) for name in args.teacher]
+    if args.pairs:
+        print(json.dumps(evaluate_teachers(teachers, args.pairs, args.root), indent=2))
+        return
+    for teacher in teachers:
+        print(f"{teacher.name}: {embed_prepared(args.source, args.prepared, teacher, part_size=args.part_size)} "
+              "faces embedded")
 
 
 if __name__ == "__main__":
