@@ -2,6 +2,7 @@
 errors for foreign files (durability under SIGKILL and concurrent writers: test_gallery_stores)."""
 import sqlite3
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,33 @@ def test_identify_held_out_and_reject_strangers(gallery_path, verifier, lfw_spli
     print(f"\n{len(held_out)} held-out photos of {len(enrolled)} people: rank-1 {rank1:.3f}, accepted at "
           f"the gallery threshold {accepted:.3f}; {len(strangers)} strangers: false-accept {false_accepts:.3f}")
     assert rank1 >= 0.9 and accepted >= 0.7 and false_accepts <= 0.1
+
+
+def test_dataset_enrolment_in_batches_equals_person_by_person(gallery_path, verifier, lfw_split, tmp_path):
+    """36 photos of 12 people (two batches of people), a corrupt file and a photo filed under two
+    people: the same gallery as enrolling each person alone, the problems reported per person."""
+    enrolled, held_out, _ = lfw_split
+    root = tmp_path / "people"
+    for name, photos in enrolled.items():
+        (root / name).mkdir(parents=True)
+        for photo in photos:
+            (root / name / photo.name).symlink_to(photo)
+    first, second = list(enrolled)[:2]
+    (root / first / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / second / "copy.jpg").symlink_to(enrolled[first][0])
+    with Gallery(tmp_path / "d.db", verifier) as gallery:
+        reports = gallery.enroll_dataset(root, progress=False)
+        assert [r.name for r in reports] == sorted(enrolled)
+        added = {r.name: sorted(Path(source).name for source in r.added) for r in reports}
+        rejected = {r.name: dict((Path(s).name, why) for s, why in r.rejected) for r in reports}
+        assert "broken.jpg" in rejected[first] and f"already enrolled for {first!r}" in rejected[second]["copy.jpg"]
+        batched = gallery.identify([p for _, p in held_out])
+    with Gallery(gallery_path, verifier) as gallery:
+        one_by_one = gallery.identify([p for _, p in held_out])
+        assert added == {name: sorted(Path(image["source"]).name for image in gallery.show(name)) for name in enrolled}
+    for a, b in zip(batched, one_by_one):
+        assert a.name == b.name and a.matches[0][0] == b.matches[0][0]
+        assert a.matches[0][1] == pytest.approx(b.matches[0][1], abs=1e-5)
 
 
 def test_quality_gate_and_duplicates(gallery_path, verifier, lfw_split, tmp_path):
