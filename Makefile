@@ -25,7 +25,7 @@ browser:
 	  echo "chromium not installed: the browser test will be skipped"; }
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10  # the ten slowest: the suite must stay under 15 minutes
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
