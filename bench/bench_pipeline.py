@@ -15,6 +15,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -57,18 +58,21 @@ print(len(images) / (time.perf_counter() - start))
 
 def images_per_second_at(commit: str, photos: list[Path]) -> float | None:
     """The ONNX MTCNN of `commit`, whole (its own runtime settings too), in a fresh interpreter
-    over a `git archive` of that commit; None, saying why, when that cannot run."""
+    over a `git archive` of that commit; None, saying why, when that cannot run (7027a0c also needs
+    threadpoolctl, no longer a dependency)."""
     with tempfile.TemporaryDirectory() as tree:
-        archive = subprocess.run(f"git -C {ROOT} archive {commit} | tar -x -C {tree}", shell=True,
-                                 capture_output=True, text=True)
-        if archive.returncode:
-            print(f"ONNX MTCNN at {commit}: skipped ({archive.stderr.strip()})")
+        archive = Path(tree) / "tree.tar"
+        made = subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit],
+                              capture_output=True, text=True)
+        if made.returncode:
+            print(f"ONNX MTCNN at {commit}: skipped ({made.stderr.strip() or 'git archive failed'})")
             return None
-        env = {**os.environ, "PYTHONPATH": tree}
+        with tarfile.open(archive) as tar:
+            tar.extractall(tree, filter="data")
         done = subprocess.run([sys.executable, "-c", _DETECT_ONE_AT_A_TIME, *map(str, photos)], cwd=tree,
-                              env=env, capture_output=True, text=True)
+                              env={**os.environ, "PYTHONPATH": tree}, capture_output=True, text=True)
     if done.returncode:
-        print(f"ONNX MTCNN at {commit}: skipped ({done.stderr.strip().splitlines()[-1]})")
+        print(f"ONNX MTCNN at {commit}: skipped ({(done.stderr.strip().splitlines() or ['failed'])[-1]})")
         return None
     return float(done.stdout.split()[-1])
 

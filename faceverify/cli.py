@@ -20,10 +20,9 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, not {text}")
-    return value
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, not {text!r}")
+    return int(text)
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -25,12 +25,19 @@ _DONE = object()
 
 def run_ahead(items: Iterator[T]) -> Iterator[T]:
     """The items of `items`, the next one computed in a background thread while the consumer works
-    on the current one: detecting batch k + 1 overlaps embedding batch k (both release the GIL)."""
+    on the current one: detecting batch k + 1 overlaps embedding batch k (both release the GIL).
+    `items` runs in that thread (thread-local state such as torch's grad mode does not follow it);
+    a consumer that stops early waits for the item under way, then `items` is closed."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead") as pool:
         pending = pool.submit(next, items, _DONE)
-        while (item := pending.result()) is not _DONE:
-            pending = pool.submit(next, items, _DONE)
-            yield item
+        try:
+            while (item := pending.result()) is not _DONE:
+                pending = pool.submit(next, items, _DONE)
+                yield item
+        finally:
+            wait([pending])
+            if hasattr(items, "close"):
+                items.close()
 
 
 def decode_ahead(images: Iterable[ImageInput], workers: int = 2,

@@ -70,6 +70,19 @@ def test_run_ahead_keeps_order_stays_one_ahead_and_raises():
             consumed.append(item)
     assert consumed == [0, 1, 2, 3, 4]
 
+    closed = []
+
+    def endless():
+        try:
+            yield from range(10 ** 9)
+        finally:
+            closed.append(True)
+
+    for item in run_ahead(endless()):
+        if item == 2:
+            break
+    assert closed == [True]  # a consumer that stops early leaves nothing running
+
 
 @pytest.mark.data_free
 def test_pixel_batches_respect_both_limits():

@@ -23,37 +23,37 @@ from faceverify.metrics import cosine_scores, verification_report  # noqa: E402
 from faceverify.train.teachers import TEACHER_FACTORIES, build_teacher, embed_prepared  # noqa: E402
 
 
-def teacher_scores(teacher, pairs, paths: list[str], detector) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine score, both faces found) per pair, by `teacher` on the faces our detector finds."""
-    vectors = {}
-    for start in tqdm(range(0, len(paths), 32), desc=f"teacher {teacher.name} on pairs", unit="batch"):
+def teacher_vectors(teachers, paths: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Per teacher, the embedding of each photo's face, found once by our detector for all of them."""
+    detector, vectors = TorchMTCNN(), {teacher.name: {} for teacher in teachers}
+    for start in tqdm(range(0, len(paths), 32), desc="teachers on pairs", unit="batch"):
         batch = paths[start:start + 32]
-        # the student's own detection step (padding retry included), then the teacher's alignment
+        # the student's own detection step (padding retry included), then each teacher's alignment
         for path, found in zip(batch, detect_faces(batch, detector)):
             if not isinstance(found, FaceVerifyError) and found.faces:
                 face = select_face(found.faces, found.image.shape, "central")
-                vectors[path] = teacher.embed(found.image, [face])[0]
-    valid = np.array([p.left in vectors and p.right in vectors for p in pairs])
-    zero = np.zeros(teacher.dim, np.float32)
-    return cosine_scores(np.stack([vectors.get(p.left, zero) for p in pairs]),
-                         np.stack([vectors.get(p.right, zero) for p in pairs])), valid
+                for teacher in teachers:
+                    vectors[teacher.name][path] = teacher.embed(found.image, [face])[0]
+    return vectors
 
 
 def evaluate_teachers(teachers, pairs_file: str, root: str) -> dict:
     """Each teacher's verification report on a pairs protocol and, for several, the report of their
     averaged cosine scores (how far a student taught by all of them could go)."""
     pairs = read_pairs(pairs_file, root)
-    paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
-    detector, reports, all_scores, all_valid = TorchMTCNN(), {}, [], []
+    vectors = teacher_vectors(teachers, sorted({p.left for p in pairs} | {p.right for p in pairs}))
     same, folds = np.array([p.same for p in pairs]), np.array([p.fold for p in pairs])
+    valid = np.array([p.left in vectors[teachers[0].name] and p.right in vectors[teachers[0].name] for p in pairs])
+    reports, all_scores = {}, []
     for teacher in teachers:
-        scores, valid = teacher_scores(teacher, pairs, paths, detector)
+        found, zero = vectors[teacher.name], np.zeros(teacher.dim, np.float32)
+        scores = cosine_scores(np.stack([found.get(p.left, zero) for p in pairs]),
+                               np.stack([found.get(p.right, zero) for p in pairs]))
         reports[teacher.name] = verification_report(scores, same, folds, valid).to_dict()
         all_scores.append(scores)
-        all_valid.append(valid)
     if len(teachers) > 1:
         reports["mean of " + " + ".join(t.name for t in teachers)] = verification_report(
-            np.mean(all_scores, axis=0), same, folds, np.logical_and.reduce(all_valid)).to_dict()
+            np.mean(all_scores, axis=0), same, folds, valid).to_dict()
     return reports
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.pairs and args.root) and not (args.source and args.prepared):
         parser.error("give SOURCE PREPARED, or --pairs and --root")
-    teachers = [build_teacher(name) for name in args.teacher]
+    teachers = [build_teacher(name) for name in dict.fromkeys(args.teacher)]  # each once
     if args.pairs:
         print(json.dumps(evaluate_teachers(teachers, args.pairs, args.root), indent=2))
         return

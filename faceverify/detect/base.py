@@ -72,9 +72,16 @@ def shrink_for_detection(image: np.ndarray, max_side: int = DETECTION_MAX_SIDE):
     if long_side <= max_side:
         return image, 1.0
     scale = max_side / long_side
-    small = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
+    small = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
                        interpolation=cv2.INTER_AREA)
     return small, 1.0 / scale
+
+
+def checked_max_side(max_side: int) -> int:
+    """A detector's `max_side`, refused unless it is a positive number of pixels."""
+    if int(max_side) != max_side or max_side < 1:
+        raise ValueError(f"max_side must be a positive number of pixels, not {max_side!r}")
+    return int(max_side)
 
 
 def faces_from_arrays(boxes, scores, landmarks, scale: float, min_score: float) -> list[Face]:

@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from ..bundled import weights_dir
-from .base import DETECTION_MAX_SIDE, Face, faces_from_arrays, min_face_size, shrink_for_detection
+from .base import (DETECTION_MAX_SIDE, Face, checked_max_side, faces_from_arrays, min_face_size,
+                   shrink_for_detection)
 
 MIN_FACE_SCORE = 0.9
 _NORM_SHIFT, _NORM_SCALE = 127.5, 0.0078125
@@ -36,7 +37,8 @@ class OnnxMTCNN:
         model_dir = Path(model_dir) if model_dir is not None else weights_dir() / "mtcnn"
         self.pnet, self.rnet, self.onet = (create_session(model_dir / f"{n}.onnx", providers)
                                            for n in ("pnet", "rnet", "onet"))
-        self.min_face_size, self.min_face_fraction, self.max_side = min_face_size, min_face_fraction, max_side
+        self.min_face_size, self.min_face_fraction = min_face_size, min_face_fraction
+        self.max_side = checked_max_side(max_side)
         self.min_score, self.thresholds, self.factor = min_score, thresholds, factor
         if workers is None:
             workers = 2 if self.pnet.get_providers()[0] == "CPUExecutionProvider" else 1
@@ -56,7 +58,7 @@ class OnnxMTCNN:
         level of all equal-size images at once, R- and O-net over every candidate of every image."""
         if not len(images):
             return []
-        shrunk = [shrink_for_detection(image, self.max_side) for image in images]
+        shrunk = [shrink_for_detection(_as_uint8(image), self.max_side) for image in images]
         groups = _summed_by_shape([image for image, _ in shrunk])
         tables = [None] * len(images)  # each image's summed-area table, a view into its group's
         for members, group_tables in groups:
@@ -135,6 +137,13 @@ class OnnxMTCNN:
 PNET_BATCH_PIXELS, RNET_BATCH, ONET_BATCH = 1 << 18, 64, 16
 
 
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    """Pixels as uint8 (floats on the 0..255 scale rounded, as torch's MTCNN reads them): the
+    summed-area tables add integers."""
+    image = np.asarray(image)
+    return image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
 def _summed_by_shape(images: list[np.ndarray]) -> list[tuple[list[int], np.ndarray]]:
     """Images grouped by shape: (their indices, their stacked summed-area tables) per group."""
     by_shape: dict[tuple, list[int]] = {}
@@ -191,7 +200,8 @@ def resize_tables(tables: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     r0, r1, c0, c1 = r0[0], r1[0], c0[0], c1[0]
     rows = tables.take(r1, axis=1) - tables.take(r0, axis=1)  # (B, out_h, W+1, C): row-band sums
     sums = rows.take(c1, axis=2) - rows.take(c0, axis=2)
-    return sums.astype(np.float32) / np.outer(r1 - r0, c1 - c0).astype(np.float32)[:, :, None]
+    # divided by the window's height, then its width, in float32: torch's order, bit for bit
+    return sums.astype(np.float32) / (r1 - r0).astype(np.float32)[:, None, None] / (c1 - c0).astype(np.float32)[None, :, None]
 
 
 def crop_tables(table: np.ndarray, top: np.ndarray, left: np.ndarray, height: np.ndarray,
@@ -200,13 +210,13 @@ def crop_tables(table: np.ndarray, top: np.ndarray, left: np.ndarray, height: np
     window k is rows [top, top + height) and columns [left, left + width); returns (K, size, size, C)."""
     r0, r1 = _window_bounds(top, height, size)
     c0, c1 = _window_bounds(left, width, size)
-    counts = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).astype(np.float32)
+    heights, widths = (r1 - r0).astype(np.float32)[:, :, None, None], (c1 - c0).astype(np.float32)[:, None, :, None]
     stride = table.shape[1]  # gather from the flattened table: much faster than 3-d fancy indexing
     r0, r1, c0, c1 = (r0 * stride)[:, :, None], (r1 * stride)[:, :, None], c0[:, None, :], c1[:, None, :]
     flat = table.reshape(-1, table.shape[2])
     sums = (flat.take(r1 + c1, axis=0) - flat.take(r0 + c1, axis=0)
             - flat.take(r1 + c0, axis=0) + flat.take(r0 + c0, axis=0))
-    return sums.astype(np.float32) / counts[..., None]
+    return sums.astype(np.float32) / heights / widths
 
 
 def _window_bounds(start: np.ndarray, length: np.ndarray, size: int):
@@ -233,10 +243,14 @@ def _generate_boxes(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
     """Greedy non-maximum suppression, indices kept, best first. "union": IoU as torchvision
-    computes it (no +1), run by OpenCV's C++ NMS (same boxes, equal scores taken in index order);
+    computes it (no +1), run by OpenCV's C++ NMS (same boxes, equal scores taken in index order;
+    it drops boxes scoring 0, which MTCNN never passes: each stage keeps scores above a threshold);
     "min": overlap over the smaller box, with MTCNN's +1 pixel areas, boxes taken from the end of
     numpy's default argsort as facenet-pytorch's numpy NMS takes them: O-net's scores saturate, so
-    equal scores are common and their order picks between boxes pixels apart."""
+    equal scores are common and their order picks between boxes pixels apart. (facenet-pytorch sorts
+    a whole batch's boxes at once and numpy's sort is unstable, so equal scores are ordered alike
+    for sure only for one image's boxes, up to 16 of them; on 310 LFW photos detected 32 at a time
+    the boxes still agree to 1e-4 px.)"""
     if not len(boxes):
         return np.zeros(0, np.int64)
     if mode == "union":

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import DETECTION_MAX_SIDE, Face, faces_from_arrays, min_face_size, shrink_for_detection
+from .base import (DETECTION_MAX_SIDE, Face, checked_max_side, faces_from_arrays, min_face_size,
+                   shrink_for_detection)
 
 #: Minimum final-stage confidence for a detection to count as a face.
 MIN_FACE_SCORE = 0.9
@@ -25,7 +26,7 @@ class TorchMTCNN:
         self.min_score = min_score
         self.min_face_size = min_face_size
         self.min_face_fraction = min_face_fraction  # of the short side: skips tiny pyramid levels
-        self.max_side = max_side  # longer photos are detected on a shrunk copy
+        self.max_side = checked_max_side(max_side)  # longer photos are detected on a shrunk copy
         self._mtcnn = MTCNN(min_face_size=min_face_size, thresholds=list(thresholds),
                             keep_all=True, device=self.device)
 

@@ -47,6 +47,13 @@ def face_quality(face, crop: np.ndarray) -> dict:
             "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var())}
 
 
+def _identity_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise GalleryError("an identity needs a non-empty name")
+    return name
+
+
 def _groups(people: list[tuple[str, list]], images: int):
     """Consecutive runs of (name, photos) holding at least `images` photos (the last: the rest)."""
     group, size = [], 0
@@ -152,9 +159,6 @@ class Gallery:
     # ------------------------------------------------------------ enrollment
     def enroll(self, name: str, images: Sequence[ImageInput], sources: Sequence[str] | None = None) -> EnrollReport:
         """Add the usable images of one person, all or nothing (one transaction)."""
-        name = name.strip()
-        if not name:
-            raise GalleryError("an identity needs a non-empty name")
         images = list(images)
         sources = list(sources) if sources is not None else [
             str(img) if isinstance(img, (str, Path)) else f"image {i + 1}" for i, img in enumerate(images)]
@@ -179,41 +183,45 @@ class Gallery:
     def _enroll_people(self, people: list[tuple[str, list, list[str]]]) -> list[EnrollReport]:
         """Enroll several people, (name, images, sources) each: their images decoded ahead, then
         detected and embedded together; each person's usable images added in one transaction."""
+        reports = [EnrollReport(_identity_name(name)) for name, _, _ in people]
         decoded = decode_ahead([image for _, images, _ in people for image in images])
-        reports, candidates, seen = [], [], {}  # seen: image digest → who it came with here
-        for name, _, sources in people:
-            report = EnrollReport(name)
-            reports.append(report)
+        candidates, copies, first = [], [], {}  # first: image digest → its first candidate here
+        for person, (_, _, sources) in enumerate(people):
             for source, rgb in zip(sources, decoded):
                 if isinstance(rgb, FaceVerifyError):
-                    report.rejected.append((source, str(rgb)))
+                    reports[person].rejected.append((source, str(rgb)))
                     continue
                 digest = hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
-                duplicate = self.store.find_image(digest)
-                owner = duplicate[1] if duplicate else seen.get(digest)
-                if owner is not None:
-                    report.rejected.append((source, f"duplicate of an image already enrolled for {owner!r}"))
-                    continue
-                seen[digest] = name
-                candidates.append((report, source, digest, rgb))
+                stored = self.store.find_image(digest)
+                if stored:
+                    reports[person].rejected.append((source, f"duplicate of an image already enrolled for {stored[1]!r}"))
+                elif digest in first:  # a second copy here: its verdict is the first copy's
+                    copies.append((person, source, first[digest]))
+                else:
+                    first[digest] = len(candidates)
+                    candidates.append((person, source, digest, rgb))
         results = self.verifier.analyze([rgb for *_, rgb in candidates], [source for _, source, _, _ in candidates])
-        rows: dict[int, list] = {id(report): [] for report in reports}
-        for (report, source, digest, _), result in zip(candidates, results):
-            if isinstance(result, FaceVerifyError):
-                report.rejected.append((source, str(result)))
-                continue
-            quality = face_quality(result.face, result.crop)
-            problems = self.quality.problems(quality)
-            if problems:
-                report.rejected.append((source, "; ".join(problems)))
+        rows, refusals = [[] for _ in people], []  # refusals: per candidate, why it was not added
+        for (person, source, digest, _), result in zip(candidates, results):
+            refusal = str(result) if isinstance(result, FaceVerifyError) else None
+            if refusal is None:
+                quality = face_quality(result.face, result.crop)
+                refusal = "; ".join(self.quality.problems(quality)) or None
+            refusals.append(refusal)
+            if refusal:
+                reports[person].rejected.append((source, refusal))
                 continue
             thumbnail = cv2.imencode(".jpg", cv2.cvtColor(result.crop, cv2.COLOR_RGB2BGR))[1].tobytes()
-            rows[id(report)].append({"source": source, "sha256": digest, "embedding": result.embedding,
-                                     "thumbnail": thumbnail, **quality})
-            report.added.append(source)
-        for report in reports:
-            if rows[id(report)]:
-                self.store.add_images(report.name, rows[id(report)])
+            rows[person].append({"source": source, "sha256": digest, "embedding": result.embedding,
+                                 "thumbnail": thumbnail, **quality})
+            reports[person].added.append(source)
+        for person, source, original in copies:
+            owner = reports[candidates[original][0]].name
+            reports[person].rejected.append(
+                (source, refusals[original] or f"duplicate of an image already enrolled for {owner!r}"))
+        for report, person_rows in zip(reports, rows):
+            if person_rows:
+                self.store.add_images(report.name, person_rows)
         return reports
 
     # -------------------------------------------------------- identification
