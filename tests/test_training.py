@@ -19,13 +19,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def dev_subset(tmp_path_factory, torch_detector):
+def dev_subset(tmp_path_factory, onnx_detector):
     """200 dev pairs (100 same, 100 different, both folds), detected and aligned once."""
     pairs = read_pairs(DEV_PAIRS, LFW)
     subset = [p for fold in (0, 1) for same in (True, False)
               for p in [q for q in pairs if q.fold == fold and q.same == same][:50]]
     path = tmp_path_factory.mktemp("dev") / "dev.npz"
-    AlignedPairs.build(subset, torch_detector, progress=False).save(path)
+    AlignedPairs.build(subset, onnx_detector, progress=False).save(path)
     return path
 
 
