@@ -162,6 +162,8 @@ class Gallery:
         images = list(images)
         sources = list(sources) if sources is not None else [
             str(img) if isinstance(img, (str, Path)) else f"image {i + 1}" for i, img in enumerate(images)]
+        if len(sources) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sources)} sources")
         (report,) = self._enroll_people([(name, images, sources)])
         return report
 
