@@ -195,9 +195,8 @@ def area_resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 def resize_tables(tables: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """`area_resize` of whole images from their summed-area tables (one pyramid level)."""
-    (r0, r1), (c0, c1) = (_window_bounds(np.zeros(1, np.int64), np.array([n - 1]), size)
-                          for n, size in ((tables.shape[1], out_h), (tables.shape[2], out_w)))
-    r0, r1, c0, c1 = r0[0], r1[0], c0[0], c1[0]
+    r0, r1 = _window_bounds(0, tables.shape[1] - 1, out_h)
+    c0, c1 = _window_bounds(0, tables.shape[2] - 1, out_w)
     rows = tables.take(r1, axis=1) - tables.take(r0, axis=1)  # (B, out_h, W+1, C): row-band sums
     sums = rows.take(c1, axis=2) - rows.take(c0, axis=2)
     # divided by the window's height, then its width, in float32: torch's order, bit for bit
@@ -219,13 +218,11 @@ def crop_tables(table: np.ndarray, top: np.ndarray, left: np.ndarray, height: np
     return sums.astype(np.float32) / heights / widths
 
 
-def _window_bounds(start: np.ndarray, length: np.ndarray, size: int):
-    """Per window (arrays of K starts and lengths): the [lo, hi) input ranges that area resampling
-    averages for each of `size` outputs, as two (K, size) arrays."""
-    i = np.arange(size)
-    lo = start[:, None] + (i * length[:, None]) // size
-    hi = start[:, None] - ((-(i + 1) * length[:, None]) // size)
-    return lo, hi
+def _window_bounds(start, length, size: int):
+    """The [lo, hi) input ranges that area resampling averages for each of `size` outputs, of one
+    window (scalar start and length: two (size,) arrays) or of K (arrays: two (K, size) arrays)."""
+    start, length, i = np.asarray(start)[..., None], np.asarray(length)[..., None], np.arange(size)
+    return start + (i * length) // size, start - ((-(i + 1) * length) // size)
 
 
 def _to_input(batch_hwc: np.ndarray) -> np.ndarray:
