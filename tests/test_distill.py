@@ -69,6 +69,37 @@ def test_faces_without_teacher_embedding_are_left_out():
     assert float(loss) == pytest.approx(total, abs=1e-5)
 
 
+@pytest.mark.data_free
+def test_projectors_start_at_the_least_squares_map_to_each_teacher():
+    rng = np.random.default_rng(3)
+    student = rng.normal(size=(120, 8))
+    targets = {"a": student @ rng.normal(size=(8, 4)) + 0.1 * rng.normal(size=(120, 4)),
+               "b": rng.normal(size=(120, 3))}
+    targets["b"][:70] = np.nan  # teacher b embedded only the last 50 faces
+    distill = Distillation(8, {"a": 4, "b": 3}, DistillConfig())
+    as_tensors = {name: torch.tensor(t) for name, t in targets.items()}
+    before = a_cosine_term(distill, student, as_tensors["a"])
+    fitted = distill.fit_projectors(torch.tensor(student), as_tensors, ridge=0.0)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    for name, rows in (("a", slice(None)), ("b", slice(70, None))):  # brute force: numpy lstsq
+        expected = np.linalg.lstsq(unit(student)[rows], unit(targets[name][rows]), rcond=None)[0].T
+        weight = distill.projectors[name].weight.detach().numpy()
+        np.testing.assert_allclose(weight, expected, atol=1e-4)
+        projected = unit(unit(student)[rows] @ expected.T)
+        assert fitted[name] == pytest.approx(np.mean(np.sum(projected * unit(targets[name][rows]), 1)),
+                                             abs=1e-4)
+    after = a_cosine_term(distill, student, as_tensors["a"])
+    assert after < 0.1 < before  # the cosine term starts near its floor, not at a random projection
+
+
+@torch.no_grad()
+def a_cosine_term(distill, student, target):
+    return float(cosine_term(distill.projectors["a"](torch.tensor(student).float()), target))
+
+
 @pytest.fixture(scope="module")
 def taught(tmp_path_factory, torch_detector):
     """24 CelebA identities × 4 photos prepared, then embedded by the real dlib teacher (CLI)."""

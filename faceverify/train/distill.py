@@ -55,6 +55,27 @@ class Distillation(nn.Module):
                 stats[f"distill_{name}_relation"] = relation.detach()
         return loss, stats
 
+    @torch.no_grad()
+    def fit_projectors(self, student: torch.Tensor, targets: dict[str, torch.Tensor],
+                       ridge: float = 1e-2) -> dict[str, float]:
+        """Start each projector at the ridge least-squares map from `student` embeddings to the
+        teacher's, so that from the first step the cosine term pulls the student toward the
+        teacher, not toward a random projection of it. Returns each teacher's mean cosine after
+        the fit."""
+        student = F.normalize(student.float(), dim=1)
+        fitted = {}
+        for name, projector in self.projectors.items():
+            target = targets[name].float()
+            present = ~torch.isnan(target).any(dim=1)
+            s, t = student[present], F.normalize(target[present], dim=1)
+            if len(s) < 2:
+                continue
+            gram = s.T @ s + ridge * len(s) * torch.eye(s.shape[1], device=s.device)
+            weight = torch.linalg.solve(gram, s.T @ t).T  # (teacher dim, student dim)
+            projector.weight.copy_(weight)
+            fitted[name] = float(F.cosine_similarity(s @ weight.T, t, dim=1).mean())
+        return fitted
+
 
 def cosine_term(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean `1 − cos` between projected student and teacher embeddings."""

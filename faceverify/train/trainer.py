@@ -89,6 +89,8 @@ class Trainer:
         self._stop_requested = False
         if resume and (self.out / STATE_FILE).is_file():
             self._load_state()
+        elif self.targets:
+            self._fit_projectors()
 
     def _batches(self):
         """The epoch's batch order and each image's label: P×K identities, or (pretraining) plain
@@ -110,6 +112,24 @@ class Trainer:
                         if self.targets else None)
         return build_method(cfg.mode, self.model, objective, cfg.ssl, cfg.optim.channels_last,
                             distillation, total_steps=cfg.optim.steps)
+
+    def _fit_projectors(self, faces: int = 2048) -> None:
+        """Least-squares start for the distillation projectors: the initial student's embeddings
+        of a random sample of (unaugmented) training faces against their teachers'."""
+        images = len(self.data.labels)
+        sample = np.sort(np.random.default_rng(self.cfg.seed).choice(images, min(faces, images),
+                                                                    replace=False))
+        self.model.eval()
+        try:
+            embedder = TorchEmbedder(self.model, device=str(self.device), batch_size=256)
+            student = torch.from_numpy(embedder(np.ascontiguousarray(self.data.crops[sample])))
+        finally:
+            self._train_mode()
+        fitted = self.step_module.distillation.fit_projectors(
+            student.to(self.device), {name: t[sample].to(self.device) for name, t in self.targets.items()})
+        if self.is_main:
+            print("distillation projectors fitted by least squares, mean cosine to each teacher: "
+                  + ", ".join(f"{name} {cosine:.3f}" for name, cosine in fitted.items()), flush=True)
 
     @property
     def is_main(self) -> bool:
