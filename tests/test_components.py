@@ -1,13 +1,20 @@
 """Training components tested by their contracts, without a training run (pytorch-metric-learning
-style): the batch samplers' composition and exact resume, the objective factory, augmentation."""
+style): the batch samplers' composition and exact resume, the objective factory, augmentation, and
+the shipped recipes (configs) parse."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from faceverify.models.backbones import ARCHS
+from faceverify.train import load_config
 from faceverify.train.augment import AugmentConfig, augment
 from faceverify.train.losses import OBJECTIVES, ObjectiveConfig, build_objective
+from faceverify.train.methods import MODES
 from faceverify.train.sampling import PKBatches, RandomBatches
+from faceverify.train.teachers import TEACHER_FACTORIES
+
+from .conftest import ROOT
 
 pytestmark = pytest.mark.data_free
 
@@ -73,3 +80,10 @@ def test_augment_keeps_shape_range_and_is_reproducible():
     mirrored = augment(batch, AugmentConfig(flip=1.0, scale=0, shift=0, brightness=0, contrast=0,
                                             saturation=0, grayscale=0, blur=0), torch.Generator())
     torch.testing.assert_close(mirrored, batch.float().flip(3), atol=0.01, rtol=0)  # bilinear resampling
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_parses(recipe):
+    cfg = load_config(recipe)  # unknown keys (a typo in a recipe) raise
+    assert cfg.model.arch in ARCHS and cfg.objective.name in OBJECTIVES
+    assert cfg.mode in MODES and set(cfg.distill.teachers) <= set(TEACHER_FACTORIES)
