@@ -256,7 +256,7 @@ def build(app: FaceApp) -> gr.Blocks:
 
 
 def launch(model=None, gallery: Path = DEFAULT_GALLERY, host: str = "127.0.0.1", port: int = 7860,
-           share: bool = False, flip: bool = False) -> None:
+           share: bool = False, flip: bool | None = None) -> None:
     verifier = Verifier(model or default_model_path(), flip=flip)
     outputs = OutputFiles()
     demo = build(FaceApp(verifier, gallery, outputs))

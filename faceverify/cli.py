@@ -28,7 +28,9 @@ def _positive_int(text: str) -> int:
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint (.pt) or ONNX (.onnx); default: bundled model")
     parser.add_argument("--device", help="torch device for a .pt model (default: cuda if available)")
-    parser.add_argument("--flip", action="store_true", help="average with the mirrored face")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each face's embedding with its mirror image's (default: as the "
+                             "model's thresholds were calibrated)")
     parser.add_argument("--min-face-fraction", type=float, default=0.0, metavar="F",
                         help="ignore faces smaller than F of the image's short side (faster detection)")
     parser.add_argument("--max-detection-side", type=_positive_int, default=DETECTION_MAX_SIDE, metavar="PX",
@@ -194,7 +196,7 @@ def _write_report(args, verifier, report: dict) -> None:
     Path(args.json).write_text(json.dumps(
         {"pairs_file": str(args.pairs or args.identities), "split": args.split,
          "weights_sha256": verifier.metadata.weights_sha256, "arch": verifier.metadata.arch,
-         "providers": verifier.providers, "face_policy": args.face_policy, "flip": args.flip,
+         "providers": verifier.providers, "face_policy": args.face_policy, "flip": verifier.flip,
          **report}, indent=2))
 
 
@@ -223,6 +225,12 @@ def cmd_calibrate(args) -> int:
     _check_evaluation_set(args)
     verifier = _verifier(args)
     thresholds = dict(verifier.metadata.thresholds)
+    if verifier.flip != verifier.metadata.flip and thresholds:
+        # thresholds of flip-averaged and plain embeddings do not mix: the others must be redone
+        print(f"the model's thresholds were calibrated {'without' if verifier.flip else 'with'} "
+              "flip-averaging: dropped; calibrate its other set again with the same --flip/--no-flip",
+              file=sys.stderr)
+        thresholds = {}
     if args.pairs:
         from .metrics import calibrated_thresholds
 
@@ -236,7 +244,7 @@ def cmd_calibrate(args) -> int:
                                      "impostor_pairs": int(len(impostor)),
                                      "columns": ["threshold", "far", "tar", "impostors_accepted"],
                                      "points": roc_table(genuine, impostor)}
-    set_thresholds(args.model, thresholds)
+    set_thresholds(args.model, thresholds, verifier.flip)
     print(json.dumps({k: v for k, v in thresholds.items() if k not in (PAIRS_ROC, ALL_PAIRS_ROC)}, indent=2))
     return EXIT_OK
 

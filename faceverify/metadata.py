@@ -30,6 +30,9 @@ class ModelMetadata:
     #: roc_all_pairs (all cross-identity pairs, down to FAR 1e-6; see `operating.py`)
     thresholds: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)  # data, objective, optimiser, steps, dev figures
+    #: test-time flip: an embedding averages the face's and its mirror image's, as when the
+    #: thresholds were calibrated (`Verifier` follows it unless told otherwise)
+    flip: bool = False
     weights_dtype: str = "float32"
     onnx: dict | None = None  # opset and input dtype, in an exported file
     format_version: int = FORMAT_VERSION

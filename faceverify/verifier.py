@@ -67,7 +67,8 @@ class Verifier:
     `model`: a checkpoint (.pt) or ONNX file (.onnx); default: the bundled model. `face_policy`
     says which face to use when a photo holds several: "single" (refuse to guess), "largest" or
     "central". `flip` averages the embeddings of the face and its mirror image (test-time
-    augmentation: slower, usually slightly more accurate). The detector's speed knobs (their cost
+    augmentation: twice the embedding cost); None follows the model, whose thresholds were
+    calibrated one way or the other (`ModelMetadata.flip`). The detector's speed knobs (their cost
     measured in bench/bench_pipeline.py and the README): `min_face_fraction` skips faces smaller
     than that fraction of the image's short side (fewer pyramid levels); `max_detection_side`
     detects on a copy shrunk to at most that many pixels a side (alignment still uses the original).
@@ -75,7 +76,7 @@ class Verifier:
 
     def __init__(self, model: str | Path | None = None, *, detector: Detector | None = None,
                  embedder: FaceEmbedder | None = None,
-                 device: str | None = None, face_policy: str = "single", flip: bool = False,
+                 device: str | None = None, face_policy: str = "single", flip: bool | None = None,
                  min_face_fraction: float = 0.0, max_detection_side: int = DETECTION_MAX_SIDE):
         if embedder is None:
             embedder = load_embedder(model if model is not None else default_model_path(), device)
@@ -85,7 +86,8 @@ class Verifier:
             detector = _default_detector(embedder, device, min_face_fraction=min_face_fraction,
                                          max_side=max_detection_side)
         self.detector = detector
-        self.face_policy, self.flip = face_policy, flip
+        self.face_policy = face_policy
+        self.flip = self.metadata.flip if flip is None else flip
         log.info("faceverify: embedder on %s, detector %s", self.providers, type(detector).__name__)
 
     @classmethod

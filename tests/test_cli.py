@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import LFW, ROOT, lfw
+from .conftest import BUNDLED, LFW, ROOT, lfw
 
 SAME = (lfw("Aaron_Peirsol", 1), lfw("Aaron_Peirsol", 2))
 OTHER = lfw("Alicia_Silverstone", 1)
@@ -65,19 +65,42 @@ def test_embed_writes_npz_with_status(tmp_path):
         assert "not a readable image" in z["status"][2]
 
 
-def test_evaluate_csv_pairs(tmp_path):
+def four_pairs(folder):
+    """Two genuine and two impostor LFW pairs over two folds, as a CSV pairs file."""
     rows = ["left,right,same,fold",
             "Aaron_Peirsol/Aaron_Peirsol_0001.jpg,Aaron_Peirsol/Aaron_Peirsol_0002.jpg,1,0",
             "Aaron_Peirsol/Aaron_Peirsol_0003.jpg,Aaron_Peirsol/Aaron_Peirsol_0004.jpg,1,1",
             "Aaron_Peirsol/Aaron_Peirsol_0001.jpg,Alicia_Silverstone/Alicia_Silverstone_0001.jpg,0,0",
             "Abdullah_Gul/Abdullah_Gul_0001.jpg,Alicia_Silverstone/Alicia_Silverstone_0002.jpg,0,1"]
-    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
-    faceverify("evaluate", "--pairs", tmp_path / "pairs.csv", "--root", LFW, "--json",
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.csv"
+
+
+def test_evaluate_csv_pairs(tmp_path):
+    faceverify("evaluate", "--pairs", four_pairs(tmp_path), "--root", LFW, "--json",
                tmp_path / "m.json", "--roc", tmp_path / "roc.png", "--quiet", check_rc=0)
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["pairs"] == 4 and report["folds"] == 2 and report["failed_pairs"] == 0
     assert report["auc"] == 1.0
     assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibrating_with_flip_makes_it_the_models_default(tmp_path):
+    from faceverify.models import load_checkpoint
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(BUNDLED.read_bytes())  # calibrated without flip
+    pairs = four_pairs(tmp_path)
+    done = faceverify("calibrate", "--model", model, "--pairs", pairs, "--root", LFW, "--flip", "--quiet",
+                      check_rc=0)
+    assert "calibrated without flip-averaging: dropped" in done.stderr
+    _, metadata = load_checkpoint(model)
+    # the bundled model's all-pairs ROC (unflipped) is gone; 2 impostor pairs give no FAR 1e-2 point
+    assert metadata.flip and set(metadata.thresholds) == {"best_accuracy", "roc"}
+    for flag, flipped in (("--flip", True), (None, True), ("--no-flip", False)):
+        faceverify("evaluate", "--model", model, "--pairs", pairs, "--root", LFW, "--json", tmp_path / "m.json",
+                   "--quiet", *([flag] if flag else []), check_rc=0)
+        assert json.loads((tmp_path / "m.json").read_text())["flip"] is flipped, flag
 
 
 def test_prepare_lists_failures(tmp_path):

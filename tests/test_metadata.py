@@ -23,6 +23,15 @@ def test_checkpoint_round_trip_keeps_every_field(tmp_path):
     updated = set_thresholds(tmp_path / "m.pt", {"far_1e-2": {"value": 0.6}})
     assert load_checkpoint(tmp_path / "m.pt")[1] == updated == read.replace(thresholds={"far_1e-2": {"value": 0.6}})
     assert updated.weights_sha256 == written.weights_sha256  # thresholds are not weights
+    assert not updated.flip  # calibrated on plain embeddings unless told
+    flipped = set_thresholds(tmp_path / "m.pt", {"best_accuracy": {"value": 0.5}}, flip=True)
+    assert load_checkpoint(tmp_path / "m.pt")[1].flip and flipped.flip
+    assert set_thresholds(tmp_path / "m.pt", {"best_accuracy": {"value": 0.5}}).flip  # kept
+
+
+def test_metadata_written_before_flip_existed_reads_as_unflipped():
+    old = {"arch": "resnet18", "embedding_dim": 8, "format_version": FORMAT_VERSION}
+    assert ModelMetadata.from_dict(old).flip is False
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -74,11 +74,13 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder, Mo
     return model.to(device).eval(), metadata
 
 
-def set_thresholds(path: str | Path, thresholds: dict) -> ModelMetadata:
-    """Store calibrated decision thresholds in a checkpoint's metadata (rewritten atomically)."""
+def set_thresholds(path: str | Path, thresholds: dict, flip: bool | None = None) -> ModelMetadata:
+    """Store calibrated decision thresholds in a checkpoint's metadata (rewritten atomically), and
+    whether they were calibrated on flip-averaged embeddings (None: as the model says now)."""
     path = Path(path)
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    metadata = ModelMetadata.from_json(blob["metadata"], str(path)).replace(thresholds=thresholds)
+    metadata = ModelMetadata.from_json(blob["metadata"], str(path))
+    metadata = metadata.replace(thresholds=thresholds, flip=metadata.flip if flip is None else flip)
     blob["metadata"] = metadata.to_json()
     atomic_save(blob, path)
     return metadata
