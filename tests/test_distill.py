@@ -16,7 +16,7 @@ import torch
 from faceverify.detect import select_face
 from faceverify.images import load_rgb
 from faceverify.train import Trainer, load_config
-from faceverify.train.distill import DistillConfig, Distillation, cosine_term, relation_term
+from faceverify.train.distill import DistillConfig, Distillation, centred, cosine_term, relation_term
 from faceverify.train.teachers import load_teacher_parts
 
 from .conftest import ROOT, celeba_subset, lfw
@@ -67,6 +67,21 @@ def test_faces_without_teacher_embedding_are_left_out():
         assert float(stats[key]) == pytest.approx(float(value), abs=1e-6), key
     total = sum(float(v) * (0.5 if "relation" in k else 1.0) for k, v in expected.items())
     assert float(loss) == pytest.approx(total, abs=1e-5)
+
+
+@pytest.mark.data_free
+def test_teacher_targets_are_centred_on_the_faces_it_embedded():
+    rng = np.random.default_rng(4)
+    cone = (rng.normal(size=(500, 16)) * 0.3 + 3.0).astype(np.float16)  # every pair scores ~0.9
+    cone[::5] = np.nan  # faces this teacher did not embed
+    out = centred(cone)
+    assert np.isnan(out[::5]).all() and not np.isnan(np.delete(out, np.s_[::5], 0)).any()
+    kept = np.delete(out, np.s_[::5], 0)
+    np.testing.assert_allclose(kept.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(kept, np.delete(cone, np.s_[::5], 0).astype(np.float32)
+                               - np.nanmean(cone.astype(np.float32), 0), atol=1e-6)
+    unit = kept / np.linalg.norm(kept, axis=1, keepdims=True)
+    assert abs(np.mean(unit[:200] @ unit[200:].T)) < 0.05  # random pairs no longer look alike
 
 
 @pytest.mark.data_free

@@ -33,7 +33,7 @@ from ..models.checkpoint import atomic_save
 from .augment import augment
 from .callbacks import Callback, DevEvaluation, RunLog, StepLogger
 from .config import TrainConfig
-from .distill import Distillation
+from .distill import Distillation, centred
 from .face_array import load_face_array
 from .losses import build_objective
 from .methods import build_method
@@ -59,7 +59,7 @@ class Trainer:
         self.data = load_face_array(cfg.data.datasets, cfg.data.cache_dir,
                                     cfg.data.min_images if self.supervised else 1,
                                     progress=progress and self.is_main, teachers=cfg.distill.teachers)
-        self.targets = {name: torch.from_numpy(array) for name, array in self.data.teachers.items()}
+        self.targets = {name: torch.from_numpy(centred(array)) for name, array in self.data.teachers.items()}
         self.batches, self.labels = self._batches()
         self.crops = (torch.from_numpy(np.ascontiguousarray(self.data.crops)).to(self.device)
                       if cfg.data.on_device else self.data.crops)
