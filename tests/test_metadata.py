@@ -48,3 +48,25 @@ def test_a_foreign_checkpoint_is_a_model_error(tmp_path):
     torch.save({"metadata": "{not json", "state_dict": {}}, tmp_path / "bad.pt")
     with pytest.raises(ModelError, match="bad.pt: unreadable model metadata"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_release_writes_fp16_weights_without_thresholds(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    torch.manual_seed(0)
+    model = Embedder("resnet18-half-fast", 32).eval()
+    save_checkpoint(tmp_path / "best.pt", model, {"best_accuracy": {"value": 0.4}}, {"steps": 7})
+    done = subprocess.run([sys.executable, str(ROOT / "training" / "release.py"), str(tmp_path / "best.pt"),
+                           str(tmp_path / "release.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    released, metadata = load_checkpoint(tmp_path / "release.pt")
+    stored = torch.load(tmp_path / "release.pt", weights_only=True)["state_dict"]
+    assert all(t.dtype == torch.float16 for t in stored.values() if t.is_floating_point())
+    assert metadata.weights_dtype == "float16" and metadata.thresholds == {} and metadata.training == {"steps": 7}
+    crops = torch.rand(4, 3, 112, 112) * 255
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(model(crops), released(crops))
+    assert cosine.min() > 0.999
