@@ -97,7 +97,7 @@ def cmd_embed(args) -> int:
              embeddings=np.stack([r.embedding if k else np.full(dim, np.nan, np.float32)
                                   for r, k in zip(results, ok)]),
              ok=np.array(ok), status=np.array(["ok" if k else str(r) for r, k in zip(results, ok)]),
-             weights_sha256=verifier.metadata.weights_sha256)
+             weights_sha256=verifier.metadata.weights_sha256, flip=verifier.flip)
     for r, path in zip(results, args.images):
         if not isinstance(r, FaceEmbedding):
             print(f"warning: {r}", file=sys.stderr)

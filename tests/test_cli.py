@@ -63,6 +63,7 @@ def test_embed_writes_npz_with_status(tmp_path):
         assert z["embeddings"].shape[0] == 3 and list(z["ok"]) == [True, True, False]
         assert np.allclose(np.linalg.norm(z["embeddings"][:2], axis=1), 1, atol=1e-4)
         assert "not a readable image" in z["status"][2]
+        assert not z["flip"]  # the bundled model's thresholds are for plain embeddings
 
 
 def four_pairs(folder):

@@ -108,6 +108,8 @@ def test_projectors_start_at_the_least_squares_map_to_each_teacher():
                                              abs=1e-4)
     after = a_cosine_term(distill, student, as_tensors["a"])
     assert after < 0.1 < before  # the cosine term starts near its floor, not at a random projection
+    default = Distillation(8, {"a": 4, "b": 3}, DistillConfig()).fit_projectors(torch.tensor(student), as_tensors)
+    assert fitted["a"] - 0.05 < default["a"] <= fitted["a"] + 1e-6  # the default ridge costs little
 
 
 @torch.no_grad()

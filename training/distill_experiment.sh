@@ -12,12 +12,19 @@
 #   are cores for it). Interrupted? Run it again: finished runs are skipped, unfinished ones resume;
 #   evaluations are cached in OUT_DIR.
 set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 ALIGNED_DIR OUT_DIR [MINUTES] [RUNS...]   (runs: supcon dlib both)" >&2
+  exit 2
+fi
 aligned=$1 out=$2 minutes=${3:-100}
 if [ $# -gt 3 ]; then runs=("${@:4}"); else runs=(supcon both); fi
+declare -A teachers=([supcon]="[]" [dlib]="[dlib]" [both]="[mobilefacenet,dlib]")
+for run in "${runs[@]}"; do
+  [[ -v teachers[$run] ]] || { echo "$0: unknown run '$run' (supcon, dlib or both)" >&2; exit 2; }
+done
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 datasets="[$aligned/lfw,$aligned/celeba,$aligned/orl,$aligned/yaleb,$aligned/extra]"
 lfw=../shared/data/lfw
-declare -A teachers=([supcon]="[]" [dlib]="[dlib]" [both]="[mobilefacenet,dlib]")
 mkdir -p "$out"
 
 train() {  # train RUN
@@ -29,8 +36,9 @@ train() {  # train RUN
     > "$out/$run.log" 2>&1
 }
 
-for run in "${runs[@]}"; do train "$run" & done
-wait
+pids=()
+for run in "${runs[@]}"; do train "$run" & pids+=($!); done
+for pid in "${pids[@]}"; do wait "$pid"; done  # a failed run stops the script (its log says why)
 for run in "${runs[@]}"; do
   for checkpoint in best final; do
     faceverify evaluate --model "$out/$run/$checkpoint.pt" --pairs $lfw/pairs_dev.txt --root $lfw/images \

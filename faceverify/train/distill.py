@@ -6,8 +6,8 @@ Two terms per teacher, each with its weight in the config:
   `1 − cos(P·s, t)`.
 - **relational**: the batch's pairwise student similarities should order and space pairs as the
   teacher's do: `1 − Pearson correlation` of the two sets of off-diagonal cosines. Correlation, not
-  squared error, because teachers live on other cosine scales (dlib's impostor pairs score ~0.8,
-  ours ~0.1) and only the relative geometry should transfer.
+  squared error, because a teacher's cosines spread on another scale than the student's and only
+  the relative geometry should transfer.
 
 Faces a teacher has no embedding for carry NaN targets and are left out of that teacher's terms.
 Targets are centred first (`centred`): dlib's embeddings all lie in a narrow cone (two random faces
@@ -60,11 +60,12 @@ class Distillation(nn.Module):
 
     @torch.no_grad()
     def fit_projectors(self, student: torch.Tensor, targets: dict[str, torch.Tensor],
-                       ridge: float = 1e-2) -> dict[str, float]:
+                       ridge: float = 5.0) -> dict[str, float]:
         """Start each projector at the ridge least-squares map from `student` embeddings to the
         teacher's, so that from the first step the cosine term pulls the student toward the
-        teacher, not toward a random projection of it. Returns each teacher's mean cosine after
-        the fit."""
+        teacher, not toward a random projection of it. `ridge` is relative to the mean eigenvalue
+        of the students' Gram matrix: strong, since the fit sees a few thousand faces and must hold
+        for all the others. Returns each teacher's mean cosine after the fit."""
         student = F.normalize(student.float(), dim=1)
         fitted = {}
         for name, projector in self.projectors.items():
@@ -73,7 +74,8 @@ class Distillation(nn.Module):
             s, t = student[present], F.normalize(target[present], dim=1)
             if len(s) < 2:
                 continue
-            gram = s.T @ s + ridge * len(s) * torch.eye(s.shape[1], device=s.device)
+            gram = s.T @ s
+            gram += ridge * gram.trace() / len(gram) * torch.eye(len(gram), device=s.device)
             weight = torch.linalg.solve(gram, s.T @ t).T  # (teacher dim, student dim)
             projector.weight.copy_(weight)
             fitted[name] = float(F.cosine_similarity(s @ weight.T, t, dim=1).mean())

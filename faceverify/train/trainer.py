@@ -71,6 +71,9 @@ class Trainer:
         if cfg.optim.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_module = self._method().to(self.device)
+        resuming = resume and (self.out / STATE_FILE).is_file()
+        if self.targets and not resuming:  # before DDP wraps it: every rank fits the same sample
+            self._fit_projectors()
         if cfg.optim.compile:
             self.step_module.model = torch.compile(self.model)
         # momentum encoders (MoCo, BYOL) are frozen (they follow by EMA): the optimiser never sees them
@@ -87,10 +90,8 @@ class Trainer:
         self.evaluation = (DevEvaluation(self.eval_pairs, cfg.eval.every, self._eval_source())
                            if self.eval_pairs is not None else None)
         self._stop_requested = False
-        if resume and (self.out / STATE_FILE).is_file():
+        if resuming:
             self._load_state()
-        elif self.targets:
-            self._fit_projectors()
 
     def _batches(self):
         """The epoch's batch order and each image's label: P×K identities, or (pretraining) plain
