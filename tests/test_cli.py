@@ -98,7 +98,7 @@ def test_calibrating_with_flip_makes_it_the_models_default(tmp_path):
     _, metadata = load_checkpoint(model)
     # the bundled model's all-pairs ROC (unflipped) is gone; 2 impostor pairs give no FAR 1e-2 point
     assert metadata.flip and set(metadata.thresholds) == {"best_accuracy", "roc"}
-    for flag, flipped in (("--flip", True), (None, True), ("--no-flip", False)):
+    for flag, flipped in ((None, True), ("--no-flip", False)):
         faceverify("evaluate", "--model", model, "--pairs", pairs, "--root", LFW, "--json", tmp_path / "m.json",
                    "--quiet", *([flag] if flag else []), check_rc=0)
         assert json.loads((tmp_path / "m.json").read_text())["flip"] is flipped, flag
