@@ -249,3 +249,23 @@ def test_mobilefacenet_teacher_without_its_files_says_where_to_get_them(tmp_path
 
     with pytest.raises(FaceVerifyError, match="CrD1997/mobilefacenet_ncnn"):
         MobileFaceNetTeacher(tmp_path)
+
+
+@pytest.mark.data_free
+def test_packs_carry_teacher_embeddings(tmp_path):
+    from faceverify.errors import FaceVerifyError
+    from faceverify.train.face_array import FaceArray, load_face_array, pack_face_array
+
+    rng = np.random.default_rng(5)
+    crops = np.repeat(rng.integers(0, 255, (12, 1, 1, 3), dtype=np.uint8), 112, 1).repeat(112, 2)
+    dlib = rng.normal(size=(12, 128)).astype(np.float16)
+    dlib[[2, 7]] = np.nan  # faces the teacher did not embed
+    faces = FaceArray(crops, np.arange(12) // 3, ["a/x", "a/y", "b/x", "b/z"], {"dlib": dlib})
+    packs = pack_face_array(faces, tmp_path / "pack", max_bytes=2000)  # several packs
+    assert len(packs) > 1
+    loaded = load_face_array(packs, teachers=["dlib"], progress=False)
+    assert loaded.identities == faces.identities and (loaded.labels == faces.labels).all()
+    np.testing.assert_array_equal(loaded.teachers["dlib"], dlib)  # NaN rows included
+    assert np.abs(loaded.crops.astype(int) - crops).max() <= 8  # WebP, lossy
+    with pytest.raises(FaceVerifyError, match="packed without the mobilefacenet teacher"):
+        load_face_array(packs, teachers=["mobilefacenet"], progress=False)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..align import ALIGNED_SIZE
 from ..data import load_samples
 from ..errors import FaceVerifyError
-from .teachers import TEACHERS_DIR, load_teacher_parts
+from .teachers import TEACHER_FACTORIES, TEACHERS_DIR, load_teacher_parts
 
 
 @dataclass
@@ -46,31 +46,41 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
     and the embeddings `teachers` computed for them (`training/teacher_embed.py`).
 
     A dataset is a `prepare` output folder, or a `.npz` pack written by `pack_face_array` (whose
-    identity names already carry their dataset prefix).
+    identity names already carry their dataset prefix, and which holds the teachers' embeddings it
+    was packed with).
     """
     sources, keys, names = [], [], []
+    taught: dict[str, list[np.ndarray]] = {name: [] for name in teachers}
     for dataset in datasets:
         if str(dataset).endswith(".npz"):
-            if teachers:
-                raise FaceVerifyError(f"{dataset}: teacher embeddings live beside prepared "
-                                      "folders; distil from those, not from packs")
             with np.load(dataset, allow_pickle=False) as pack:
                 blob, offsets = pack["blob"], pack["offsets"]
                 sources += [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
                 names += pack["identities"][pack["identity_index"]].tolist()
+                for name in teachers:
+                    if f"teacher_{name}" not in pack:
+                        raise FaceVerifyError(f"{dataset}: packed without the {name} teacher's "
+                                              f"embeddings (training/pack.py --teacher {name})")
+                    taught[name].append(pack[f"teacher_{name}"])
             keys += [f"{dataset}#{i}" for i in range(len(offsets) - 1)]
             continue
         prefix = _prepared_folder(dataset).resolve().name
-        for sample in load_samples(dataset, split):
-            sources.append(sample.path)
-            keys.append(str(sample.path))
-            names.append(f"{prefix}/{sample.identity}")
+        samples = load_samples(dataset, split)
+        sources += [sample.path for sample in samples]
+        keys += [str(sample.path) for sample in samples]
+        names += [f"{prefix}/{sample.identity}" for sample in samples]
+        for name in teachers:
+            taught[name].append(_teacher_targets(dataset, name, [str(s.path) for s in samples]))
+    for name, parts in taught.items():
+        if all(np.isnan(part).all() for part in parts):
+            raise FaceVerifyError(f"no {name} teacher embeddings in {[str(d) for d in datasets]}: "
+                                  "run training/teacher_embed.py first")
     names_arr = np.array(names)
     _, labels, counts = np.unique(names_arr, return_inverse=True, return_counts=True)
     keep = np.flatnonzero(counts[labels] >= min_images)
     identities, labels = np.unique(names_arr[keep], return_inverse=True)
     crops = _cached_crops([sources[i] for i in keep], [keys[i] for i in keep], cache_dir, progress)
-    targets = {name: _teacher_targets(datasets, name, [keys[i] for i in keep]) for name in teachers}
+    targets = {name: np.concatenate(parts)[keep] for name, parts in taught.items()}
     return FaceArray(crops, labels.astype(np.int64), identities.tolist(), targets)
 
 
@@ -79,18 +89,13 @@ def _prepared_folder(dataset) -> Path:
     return Path(dataset).parent if str(dataset).endswith(".csv") else Path(dataset)
 
 
-def _teacher_targets(datasets: list, teacher: str, keys: list[str]) -> np.ndarray:
-    """(len(keys), dim) float16 embeddings of `teacher` for crops keyed by path; NaN where none."""
-    found = {}
-    for dataset in datasets:
-        folder = _prepared_folder(dataset)
-        part_keys, vectors = load_teacher_parts(folder / TEACHERS_DIR / teacher)
-        found.update((str(folder / key), vector) for key, vector in zip(part_keys, vectors))
-    if not found:
-        raise FaceVerifyError(f"no {teacher} teacher embeddings in {[str(d) for d in datasets]}: "
-                              "run training/teacher_embed.py first")
-    dim = len(next(iter(found.values())))
-    targets = np.full((len(keys), dim), np.nan, np.float16)
+def _teacher_targets(dataset, teacher: str, keys: list[str]) -> np.ndarray:
+    """(len(keys), dim) float16 embeddings of `teacher` for a prepared folder's crops keyed by
+    path; NaN where it has none."""
+    folder = _prepared_folder(dataset)
+    part_keys, vectors = load_teacher_parts(folder / TEACHERS_DIR / teacher)
+    found = {str(folder / key): vector for key, vector in zip(part_keys, vectors)}
+    targets = np.full((len(keys), TEACHER_FACTORIES[teacher].dim), np.nan, np.float16)
     for row, key in enumerate(keys):
         if key in found:
             targets[row] = found[key]
@@ -100,22 +105,26 @@ def _teacher_targets(datasets: list, teacher: str, keys: list[str]) -> np.ndarra
 def pack_face_array(faces: FaceArray, out_prefix: str | Path, max_bytes: int = 56 << 20,
                     webp_quality: int = 80) -> list[Path]:
     """Write `faces` as WebP-encoded `.npz` packs of at most `max_bytes` each (portable training
-    sets: ~1.8 kB a face instead of 37 kB decoded). Returns the pack paths."""
+    sets: ~1.8 kB a face instead of 37 kB decoded), with its teachers' embeddings (float16, NaN
+    rows kept) beside the crops. Returns the pack paths."""
     encoded = [cv2.imencode(".webp", crop[:, :, ::-1], [cv2.IMWRITE_WEBP_QUALITY, webp_quality])[1]
                for crop in tqdm(faces.crops, desc="encode", unit="img")]
     names = np.array(faces.identities)[faces.labels]
+    teachers = {f"teacher_{name}": targets.astype(np.float16) for name, targets in faces.teachers.items()}
+    taught_bytes = sum(targets.shape[1] * 2 for targets in teachers.values())  # per face
     paths, start = [], 0
     while start < len(encoded):
         end, size = start, 0
-        while end < len(encoded) and (size + len(encoded[end]) <= max_bytes or end == start):
-            size += len(encoded[end])
+        while end < len(encoded) and (size + len(encoded[end]) + taught_bytes <= max_bytes or end == start):
+            size += len(encoded[end]) + taught_bytes
             end += 1
         path = Path(f"{out_prefix}-{len(paths):03d}.npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         identities, index = np.unique(names[start:end], return_inverse=True)
         np.savez(path, blob=np.concatenate(encoded[start:end]).ravel(),
                  offsets=np.r_[0, np.cumsum([len(e) for e in encoded[start:end]])],
-                 identities=identities, identity_index=index.astype(np.int32))
+                 identities=identities, identity_index=index.astype(np.int32),
+                 **{key: targets[start:end] for key, targets in teachers.items()})
         paths.append(path)
         start = end
     return paths
