@@ -269,3 +269,5 @@ def test_packs_carry_teacher_embeddings(tmp_path):
     assert np.abs(loaded.crops.astype(int) - crops).max() <= 8  # WebP, lossy
     with pytest.raises(FaceVerifyError, match="packed without the mobilefacenet teacher"):
         load_face_array(packs, teachers=["mobilefacenet"], progress=False)
+    with pytest.raises(FaceVerifyError, match="unknown teacher"):
+        load_face_array(packs, teachers=["dlibb"], progress=False)

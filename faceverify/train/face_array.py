@@ -49,6 +49,9 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
     identity names already carry their dataset prefix, and which holds the teachers' embeddings it
     was packed with).
     """
+    unknown = sorted(set(teachers) - set(TEACHER_FACTORIES))
+    if unknown:
+        raise FaceVerifyError(f"unknown teacher(s) {unknown}; choose from {sorted(TEACHER_FACTORIES)}")
     sources, keys, names = [], [], []
     taught: dict[str, list[np.ndarray]] = {name: [] for name in teachers}
     for dataset in datasets:
