@@ -69,11 +69,12 @@ def load_face_array(datasets: list[str | Path], cache_dir: str | Path | None = N
             continue
         prefix = _prepared_folder(dataset).resolve().name
         samples = load_samples(dataset, split)
+        dataset_keys = [str(sample.path) for sample in samples]
         sources += [sample.path for sample in samples]
-        keys += [str(sample.path) for sample in samples]
+        keys += dataset_keys
         names += [f"{prefix}/{sample.identity}" for sample in samples]
         for name in teachers:
-            taught[name].append(_teacher_targets(dataset, name, [str(s.path) for s in samples]))
+            taught[name].append(_teacher_targets(dataset, name, dataset_keys))
     for name, parts in taught.items():
         if all(np.isnan(part).all() for part in parts):
             raise FaceVerifyError(f"no {name} teacher embeddings in {[str(d) for d in datasets]}: "

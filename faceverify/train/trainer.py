@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -120,12 +120,8 @@ class Trainer:
         images = len(self.data.labels)
         sample = np.sort(np.random.default_rng(self.cfg.seed).choice(images, min(faces, images),
                                                                     replace=False))
-        self.model.eval()
-        try:
-            embedder = TorchEmbedder(self.model, device=str(self.device), batch_size=256)
-            student = torch.from_numpy(embedder(np.ascontiguousarray(self.data.crops[sample])))
-        finally:
-            self._train_mode()
+        with self._inference() as embed:
+            student = torch.from_numpy(embed(np.ascontiguousarray(self.data.crops[sample])))
         fitted = self.step_module.distillation.fit_projectors(
             student.to(self.device), {name: t[sample].to(self.device) for name, t in self.targets.items()})
         if self.is_main:
@@ -262,11 +258,16 @@ class Trainer:
 
     def dev_scores(self, pairs: AlignedPairs):
         """(scores, same, folds, valid) of `pairs` with the current weights."""
+        with self._inference() as embed:
+            scores, valid = pairs.scores(embed)
+        return scores, pairs.same, pairs.folds, valid
+
+    @contextmanager
+    def _inference(self):
+        """The current weights as an inference embedder (eval mode); training mode comes back after."""
         self.model.eval()
         try:
-            embedder = TorchEmbedder(self.model, device=str(self.device), batch_size=256)
-            scores, valid = pairs.scores(embedder)
-            return scores, pairs.same, pairs.folds, valid
+            yield TorchEmbedder(self.model, device=str(self.device), batch_size=256)
         finally:
             self._train_mode()
 
