@@ -130,7 +130,7 @@ def cmd_evaluate(args) -> int:
     from .metrics import plot_roc, verification_report
 
     aligned = _aligned_pairs(args, verifier)
-    scores, valid = aligned.scores(verifier.embed_aligned)
+    scores, valid = aligned.scores(verifier.embed_aligned, verifier.templates)
     report = verification_report(scores, aligned.same, aligned.folds, valid)
     print(report.summary(), file=sys.stderr)
     if args.json:
@@ -145,7 +145,7 @@ def _evaluate_identities(args, verifier) -> int:
     from .metrics import all_pairs_report
 
     aligned = _aligned_identities(args, verifier)
-    genuine, impostor = aligned.scores(verifier.embed_aligned)
+    genuine, impostor = aligned.scores(verifier.embed_aligned, verifier.templates)
     report = all_pairs_report(genuine, impostor)
     tars = ", ".join(f"TAR@FAR={far}: " + (f"{hit['tar']:.4f}" if hit else "n/a")
                      for far, hit in report["tar_at_far"].items())
@@ -170,7 +170,8 @@ def _aligned_pairs(args, verifier):
     from .evaluation import AlignedPairs
 
     return _cached(args.cache, AlignedPairs, lambda: AlignedPairs.build(
-        read_pairs(args.pairs, args.root), verifier.detector, args.face_policy, progress=not args.quiet))
+        read_pairs(args.pairs, args.root), verifier.detector, args.face_policy, verifier.templates,
+        progress=not args.quiet))
 
 
 def _aligned_identities(args, verifier):
@@ -180,7 +181,7 @@ def _aligned_identities(args, verifier):
 
     return _cached(args.cache, AlignedIdentities, lambda: AlignedIdentities.build(
         load_samples(args.identities, args.split), verifier.detector, args.face_policy,
-        progress=not args.quiet))
+        verifier.templates, progress=not args.quiet))
 
 
 def _cached(path, kind, build):
@@ -235,10 +236,10 @@ def cmd_calibrate(args) -> int:
         from .metrics import calibrated_thresholds
 
         aligned = _aligned_pairs(args, verifier)
-        scores, valid = aligned.scores(verifier.embed_aligned)
+        scores, valid = aligned.scores(verifier.embed_aligned, verifier.templates)
         thresholds.update(calibrated_thresholds(scores, aligned.same, aligned.folds, valid, Path(args.pairs).name))
     else:
-        genuine, impostor = _aligned_identities(args, verifier).scores(verifier.embed_aligned)
+        genuine, impostor = _aligned_identities(args, verifier).scores(verifier.embed_aligned, verifier.templates)
         source = Path(args.identities).name + (f" split {args.split}" if args.split else "")
         thresholds[ALL_PAIRS_ROC] = {"source": source, "genuine_pairs": int(len(genuine)),
                                      "impostor_pairs": int(len(impostor)),

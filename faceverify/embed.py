@@ -11,19 +11,20 @@ import numpy as np
 import torch
 
 from .metadata import ModelMetadata
-from .models import load_checkpoint
+from .models import build_metadata, load_checkpoint
 
 
 class TorchEmbedder:
-    """A `models.Embedder` on CPU or CUDA, called on (N, 112, 112, 3) uint8 RGB crops
-    (`interfaces.FaceEmbedder`). `metadata` is the checkpoint's; a network being trained has none."""
+    """A `models.Embedder` or `models.Ensemble` on CPU or CUDA, called on uint8 RGB crops, one
+    (N, size, size, 3) array per template (`interfaces.FaceEmbedder`). `metadata` is the
+    checkpoint's; a network being trained has none."""
 
     torch_free = False
 
     def __init__(self, model: torch.nn.Module, metadata: ModelMetadata | None = None, device: str = "cpu",
                  batch_size: int = 64):
         self.model, self.device, self.batch_size = model, device, batch_size
-        self.metadata = metadata or ModelMetadata(model.arch, model.embedding_dim)
+        self.metadata = metadata or build_metadata(model)
         self.providers = [f"torch:{device}"]
 
     @classmethod
@@ -33,10 +34,11 @@ class TorchEmbedder:
         return cls(model, metadata, device, batch_size)
 
     @torch.inference_mode()
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        out = np.empty((len(crops), self.metadata.embedding_dim), dtype=np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(crops[start:start + self.batch_size]))
-            batch = batch.to(self.device).permute(0, 3, 1, 2)
-            out[start:start + len(batch)] = self.model(batch).float().cpu().numpy()
+    def __call__(self, *crops: np.ndarray) -> np.ndarray:
+        count = len(crops[0])
+        out = np.empty((count, self.metadata.embedding_dim), dtype=np.float32)
+        for start in range(0, count, self.batch_size):
+            batches = [torch.from_numpy(np.ascontiguousarray(c[start:start + self.batch_size]))
+                       .to(self.device).permute(0, 3, 1, 2) for c in crops]
+            out[start:start + len(batches[0])] = self.model(*batches).float().cpu().numpy()
         return out

@@ -1,7 +1,8 @@
 """Pairs protocols run on aligned crops: detect and align each image once, then score any embedder.
 
 `AlignedPairs` is shared by `faceverify evaluate` and by training-time validation (which caches it
-to disk, so each evaluation during training costs only the embedding of the crops).
+to disk, so each evaluation during training costs only the embedding of the crops). Crops are kept
+per alignment template (a model may take several), and a cache knows which templates it holds.
 """
 from __future__ import annotations
 
@@ -12,40 +13,74 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .align import ALIGNED_SIZE
+from .align import ARCFACE_112, TEMPLATES, Template
 from .data import Pair
 from .detect import Detector
-from .errors import FaceVerifyError
+from .errors import FaceVerifyError, ModelError
 from .metrics import cosine_scores
 from .pipeline import aligned_batches
 
 
 def align_photos(paths: Sequence, names: Sequence[str], detector: Detector, face_policy: str,
-                 progress: bool = True):
-    """(crops, ok, failures by name) of photos detected and aligned in batches (`pipeline`: decoding
-    runs ahead); a photo without a usable face keeps a blank crop, `ok` False and its reason."""
-    crops = np.zeros((len(paths), ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
+                 templates: Sequence[Template] = (ARCFACE_112,), progress: bool = True):
+    """(crops per template, ok, failures by name) of photos detected and aligned in batches
+    (`pipeline`: decoding runs ahead); a photo without a usable face keeps blank crops, `ok` False
+    and its reason."""
+    crops = tuple(np.zeros((len(paths), t.size, t.size, 3), np.uint8) for t in templates)
     ok = np.zeros(len(paths), bool)
     failures = {}
     offset = 0
     with tqdm(total=len(paths), desc="detect+align", unit="img", disable=not progress) as bar:
-        for found in aligned_batches(list(paths), list(names), detector, face_policy):
+        for found in aligned_batches(list(paths), list(names), detector, face_policy, templates=templates):
             for index, result in enumerate(found, offset):
                 if isinstance(result, FaceVerifyError):
                     failures[names[index]] = str(result)
                 else:
-                    crops[index], ok[index] = result.crop, True
+                    ok[index] = True
+                    for array, crop in zip(crops, result.crops):
+                        array[index] = crop
             offset += len(found)
             bar.update(len(found))
     return crops, ok, failures
 
 
-@dataclass
-class AlignedPairs:
-    """Unique images' crops and the pairs as indices into them; `ok[i]` is False where image i
-    had no usable face (its pairs then count as errors)."""
+def save_crops(crops: tuple[np.ndarray, ...], templates: Sequence[Template]) -> dict:
+    """npz fields for crops per template."""
+    return {"templates": np.array([t.name for t in templates], dtype=str),
+            **{f"crops_{i}": c for i, c in enumerate(crops)}}
 
-    crops: np.ndarray
+
+def load_crops(z) -> tuple[tuple[np.ndarray, ...], tuple[Template, ...]]:
+    """(crops per template, templates) from an npz written with `save_crops`."""
+    names = z["templates"].tolist() if "templates" in z else []
+    if not names:
+        raise ModelError("an aligned-crops cache from an older version: delete it to rebuild")
+    return tuple(z[f"crops_{i}"] for i in range(len(names))), tuple(TEMPLATES[n] for n in names)
+
+
+class _Crops:
+    """Crops per template, and the check that they are the ones a model takes."""
+
+    crops: tuple
+    templates: tuple
+
+    def crops_for(self, templates: Sequence[Template]) -> tuple[np.ndarray, ...]:
+        """The crops aligned to `templates` (a model's), or `ModelError` if this set lacks one."""
+        have = {t.name: c for t, c in zip(self.templates, self.crops)}
+        missing = [t.name for t in templates if t.name not in have]
+        if missing:
+            raise ModelError(f"these aligned crops were made for {[t.name for t in self.templates]}, "
+                             f"not {missing}: rebuild the cache for this model")
+        return tuple(have[t.name] for t in templates)
+
+
+@dataclass
+class AlignedPairs(_Crops):
+    """Unique images' crops (one array per template) and the pairs as indices into them; `ok[i]`
+    is False where image i had no usable face (its pairs then count as errors)."""
+
+    crops: tuple
+    templates: tuple
     ok: np.ndarray
     left: np.ndarray
     right: np.ndarray
@@ -55,17 +90,17 @@ class AlignedPairs:
 
     @classmethod
     def build(cls, pairs: Sequence[Pair], detector: Detector, face_policy: str = "central",
-              progress: bool = True) -> "AlignedPairs":
+              templates: Sequence[Template] = (ARCFACE_112,), progress: bool = True) -> "AlignedPairs":
         paths = sorted({p.left for p in pairs} | {p.right for p in pairs})
         index = {p: i for i, p in enumerate(paths)}
         crops, ok, failures = align_photos(paths, [str(p) for p in paths], detector, face_policy,
-                                           progress)
-        return cls(crops, ok, np.array([index[p.left] for p in pairs]),
+                                           templates, progress)
+        return cls(crops, tuple(templates), ok, np.array([index[p.left] for p in pairs]),
                    np.array([index[p.right] for p in pairs]), np.array([p.same for p in pairs]),
                    np.array([p.fold for p in pairs]), failures)
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(path, crops=self.crops, ok=self.ok, left=self.left, right=self.right,
+        np.savez_compressed(path, **save_crops(self.crops, self.templates), ok=self.ok, left=self.left, right=self.right,
                             same=self.same, folds=self.folds,
                             failure_paths=np.array(list(self.failures), dtype=str),
                             failure_reasons=np.array(list(self.failures.values()), dtype=str))
@@ -73,28 +108,31 @@ class AlignedPairs:
     @classmethod
     def load(cls, path: str | Path) -> "AlignedPairs":
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["crops"], z["ok"], z["left"], z["right"], z["same"], z["folds"],
+            return cls(*load_crops(z), z["ok"], z["left"], z["right"], z["same"], z["folds"],
                        dict(zip(z["failure_paths"].tolist(), z["failure_reasons"].tolist())))
 
-    def scores(self, embed: Callable[[np.ndarray], np.ndarray]):
-        """(cosine score per pair, valid per pair) using `embed` on the usable crops."""
-        embeddings = np.zeros((len(self.crops), 1), np.float32)
+    def scores(self, embed: Callable[..., np.ndarray], templates: Sequence[Template] = (ARCFACE_112,)):
+        """(cosine score per pair, valid per pair) using `embed` on the usable crops of the
+        model's `templates`."""
+        crops = self.crops_for(templates)
+        embeddings = np.zeros((len(self.ok), 1), np.float32)
         usable = np.flatnonzero(self.ok)
         if len(usable):
-            found = embed(self.crops[usable])
-            embeddings = np.zeros((len(self.crops), found.shape[1]), np.float32)
+            found = embed(*(c[usable] for c in crops))
+            embeddings = np.zeros((len(self.ok), found.shape[1]), np.float32)
             embeddings[usable] = found
         valid = self.ok[self.left] & self.ok[self.right]
         return cosine_scores(embeddings[self.left], embeddings[self.right]), valid
 
 
 @dataclass
-class AlignedIdentities:
-    """Every photo of a labelled set, aligned once; `labels[i]` indexes `identities`. Scoring all
-    cross-identity pairs (millions from a few thousand photos) resolves FARs far below what a
-    pairs file's few hundred impostor pairs can."""
+class AlignedIdentities(_Crops):
+    """Every photo of a labelled set, aligned once (per template); `labels[i]` indexes
+    `identities`. Scoring all cross-identity pairs (millions from a few thousand photos) resolves
+    FARs far below what a pairs file's few hundred impostor pairs can."""
 
-    crops: np.ndarray
+    crops: tuple
+    templates: tuple
     ok: np.ndarray
     labels: np.ndarray
     identities: list
@@ -102,14 +140,14 @@ class AlignedIdentities:
 
     @classmethod
     def build(cls, samples: Sequence, detector: Detector, face_policy: str = "central",
-              progress: bool = True) -> "AlignedIdentities":
+              templates: Sequence[Template] = (ARCFACE_112,), progress: bool = True) -> "AlignedIdentities":
         crops, ok, failures = align_photos([s.path for s in samples], [s.key for s in samples],
-                                           detector, face_policy, progress)
+                                           detector, face_policy, templates, progress)
         identities, labels = np.unique([s.identity for s in samples], return_inverse=True)
-        return cls(crops, ok, labels, identities.tolist(), failures)
+        return cls(crops, tuple(templates), ok, labels, identities.tolist(), failures)
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(path, crops=self.crops, ok=self.ok, labels=self.labels,
+        np.savez_compressed(path, **save_crops(self.crops, self.templates), ok=self.ok, labels=self.labels,
                             identities=np.array(self.identities, dtype=str),
                             failure_keys=np.array(list(self.failures), dtype=str),
                             failure_reasons=np.array(list(self.failures.values()), dtype=str))
@@ -117,22 +155,32 @@ class AlignedIdentities:
     @classmethod
     def load(cls, path: str | Path) -> "AlignedIdentities":
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["crops"], z["ok"], z["labels"], z["identities"].tolist(),
+            return cls(*load_crops(z), z["ok"], z["labels"], z["identities"].tolist(),
                        dict(zip(z["failure_keys"].tolist(), z["failure_reasons"].tolist())))
 
-    def scores(self, embed: Callable[[np.ndarray], np.ndarray], block: int = 2048):
-        """(genuine, impostor) cosine scores of every pair of usable photos (i < j), by blocks of
-        rows so memory stays bounded on large sets."""
+    def embeddings(self, embed: Callable[..., np.ndarray], templates: Sequence[Template] = (ARCFACE_112,)
+                   ) -> np.ndarray:
+        """(N, dim) unit embeddings of every photo (zeros where `ok` is False)."""
         usable = np.flatnonzero(self.ok)
-        embeddings = embed(self.crops[usable]).astype(np.float32)
-        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-        labels = self.labels[usable]
-        genuine, impostor = [], []
-        for start in range(0, len(usable), block):
-            rows = embeddings[start:start + block]
-            similarity = rows @ embeddings[start:].T  # columns from `start`: each pair once
-            upper = np.triu(np.ones(similarity.shape, bool), k=1)
-            same = labels[start:start + block, None] == labels[None, start:]
-            genuine.append(similarity[upper & same])
-            impostor.append(similarity[upper & ~same])
-        return np.concatenate(genuine), np.concatenate(impostor)
+        found = embed(*(c[usable] for c in self.crops_for(templates))).astype(np.float32)
+        out = np.zeros((len(self.ok), found.shape[1]), np.float32)
+        out[usable] = found / np.linalg.norm(found, axis=1, keepdims=True)
+        return out
+
+    def scores(self, embed: Callable[..., np.ndarray], templates: Sequence[Template] = (ARCFACE_112,)):
+        """(genuine, impostor) cosine scores of every pair of usable photos (i < j)."""
+        return all_pairs_scores(self.embeddings(embed, templates)[self.ok], self.labels[self.ok])
+
+
+def all_pairs_scores(embeddings: np.ndarray, labels: np.ndarray, block: int = 2048):
+    """(genuine, impostor) inner products of every pair (i < j) of unit `embeddings`, by blocks of
+    rows so memory stays bounded on large sets."""
+    genuine, impostor = [], []
+    for start in range(0, len(embeddings), block):
+        rows = embeddings[start:start + block]
+        similarity = rows @ embeddings[start:].T  # columns from `start`: each pair once
+        upper = np.triu(np.ones(similarity.shape, bool), k=1)
+        same = labels[start:start + block, None] == labels[None, start:]
+        genuine.append(similarity[upper & same])
+        impostor.append(similarity[upper & ~same])
+    return np.concatenate(genuine), np.concatenate(impostor)

@@ -19,5 +19,6 @@ class FaceEmbedder(Protocol):
     #: True when no torch is needed (the detector then runs on onnxruntime too)
     torch_free: bool
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        """(N, 112, 112, 3) uint8 RGB aligned crops → (N, dim) float32 L2-normalised embeddings."""
+    def __call__(self, *crops: np.ndarray) -> np.ndarray:
+        """Aligned uint8 RGB crops, one (N, size, size, 3) array per template of
+        `metadata.templates` (in that order) → (N, dim) float32 L2-normalised embeddings."""

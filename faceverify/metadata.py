@@ -11,6 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .align import ARCFACE_112, Template
 from .errors import ModelError
 
 FORMAT_VERSION = 1
@@ -23,9 +24,8 @@ class ModelMetadata:
     arch: str
     embedding_dim: int
     weights_sha256: str = ""  # of the stored tensors, independent of the file (empty: unsaved)
-    input_size: int = 112
     input_format: dict = field(default_factory=dict)  # colour order, layout, range, mean, std
-    template: dict = field(default_factory=dict)  # alignment template: name and five points
+    template: dict = field(default_factory=dict)  # alignment template: name, size, five points
     #: best_accuracy / far_1e-2 ({"value", "pairs", ...}), roc (dev pairs: [threshold, FAR, TAR]),
     #: roc_all_pairs (all cross-identity pairs, down to FAR 1e-6; see `operating.py`)
     thresholds: dict = field(default_factory=dict)
@@ -35,6 +35,9 @@ class ModelMetadata:
     flip: bool = False
     weights_dtype: str = "float32"
     onnx: dict | None = None  # opset and input dtype, in an exported file
+    #: an ensemble's networks, each {name, arch, embedding_dim, template, weight, licence, source,
+    #: sha256}: the embedding concatenates their unit embeddings scaled by √weight (`models.ensemble`)
+    members: list = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -67,6 +70,14 @@ class ModelMetadata:
 
     def replace(self, **changes) -> "ModelMetadata":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def templates(self) -> tuple[Template, ...]:
+        """The crops the model takes, in input order: one per distinct template of its members
+        (a single network: its own template)."""
+        raw = [m["template"] for m in self.members] if self.members else [self.template or ARCFACE_112.to_dict()]
+        names = list(dict.fromkeys(t["name"] for t in raw))
+        return tuple(Template.from_dict(next(t for t in raw if t["name"] == n)) for n in names)
 
     @property
     def short_hash(self) -> str:

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from .align import ARCFACE_112, Template
 from .detect import AlignedFace, Detector, detect_and_align
 from .errors import FaceVerifyError
 from .images import ImageInput, load_rgb
@@ -78,15 +79,18 @@ def pixel_batches(decoded: Iterable, max_images: int = BATCH_IMAGES,
 
 
 def aligned_batches(images: Sequence[ImageInput], names: Sequence[str], detector: Detector,
-                    face_policy: str, workers: int = 2) -> Iterator[list[AlignedFace | FaceVerifyError]]:
+                    face_policy: str, workers: int = 2, templates: Sequence[Template] = (ARCFACE_112,)
+                    ) -> Iterator[list[AlignedFace | FaceVerifyError]]:
     """`detect_and_align` over any number of images, batch by batch: each batch's results (the face
-    `face_policy` picks, aligned, or the error) in input order, decoding running ahead."""
+    `face_policy` picks, aligned to each of `templates`, or the error) in input order, decoding
+    running ahead."""
     done = 0
     for batch in pixel_batches(decode_ahead(images, workers)):
         batch_names, done = names[done:done + len(batch)], done + len(batch)
         ok = [i for i, item in enumerate(batch) if isinstance(item, np.ndarray)]
         results: list = list(batch)
-        found = detect_and_align([batch[i] for i in ok], detector, face_policy, [batch_names[i] for i in ok])
+        found = detect_and_align([batch[i] for i in ok], detector, face_policy,
+                                 [batch_names[i] for i in ok], templates)
         for i, result in zip(ok, found):
             results[i] = result
         yield results

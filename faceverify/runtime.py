@@ -56,8 +56,9 @@ def create_session(path: str | Path, providers: list[str] | None = None, threads
 
 
 class OnnxEmbedder:
-    """The exported embedder: (N, 112, 112, 3) uint8 RGB crops → (N, dim) float32, like
-    `TorchEmbedder` (`interfaces.FaceEmbedder`)."""
+    """The exported embedder: uint8 RGB crops, one (N, size, size, 3) array per template of the
+    model (the graph's inputs, in order) → (N, dim) float32, like `TorchEmbedder`
+    (`interfaces.FaceEmbedder`)."""
 
     torch_free = True
 
@@ -67,11 +68,16 @@ class OnnxEmbedder:
         self.providers = self.session.get_providers()
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_json(props.get(METADATA_KEY, "{}"), str(path))
-        self.input = self.session.get_inputs()[0]
+        self.inputs = self.session.get_inputs()
+        if len(self.inputs) != len(self.metadata.templates):
+            raise ModelError(f"{path}: {len(self.inputs)} graph inputs for "
+                             f"{len(self.metadata.templates)} alignment templates")
         self.batch_size = batch_size
-        self._dtype = np.uint8 if self.input.type == "tensor(uint8)" else np.float32
+        self._dtypes = [np.uint8 if i.type == "tensor(uint8)" else np.float32 for i in self.inputs]
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        out = [self.session.run(None, {self.input.name: crops[i:i + self.batch_size].astype(self._dtype, copy=False)})[0]
-               for i in range(0, len(crops), self.batch_size)]
+    def __call__(self, *crops: np.ndarray) -> np.ndarray:
+        count = len(crops[0])
+        out = [self.session.run(None, {i.name: c[start:start + self.batch_size].astype(t, copy=False)
+                                       for i, c, t in zip(self.inputs, crops, self._dtypes)})[0]
+               for start in range(0, count, self.batch_size)]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.metadata.embedding_dim), np.float32)

@@ -1,7 +1,8 @@
 """`Verifier`: the public face-verification API over either backend (torch or ONNX runtime).
 
-image → `load_rgb` → detector → `select_face` → `align_face` → embedder → cosine score → decision
-at the threshold calibrated for the model and stored in its metadata.
+image → `load_rgb` → detector → `select_face` → `align_face` (to each template the model names)
+→ embedder → cosine score → decision at the threshold calibrated for the model and stored in its
+metadata.
 """
 from __future__ import annotations
 
@@ -88,6 +89,8 @@ class Verifier:
         self.detector = detector
         self.face_policy = face_policy
         self.flip = self.metadata.flip if flip is None else flip
+        #: the alignments the model takes, in its input order (`ModelMetadata.templates`)
+        self.templates = self.metadata.templates
         log.info("faceverify: embedder on %s, detector %s", self.providers, type(detector).__name__)
 
     @classmethod
@@ -118,14 +121,12 @@ class Verifier:
         (`pipeline`), so memory stays bounded on folders of any size."""
         images = list(images)  # paths or images already in memory: references only
         names = list(names) if names is not None else [_describe(img, i) for i, img in enumerate(images)]
-        batches = aligned_batches(images, names, self.detector, face_policy or self.face_policy, workers)
+        batches = aligned_batches(images, names, self.detector, face_policy or self.face_policy, workers,
+                                  self.templates)
         for results in run_ahead(batches):
             aligned = [i for i, r in enumerate(results) if isinstance(r, AlignedFace)]
-            if aligned:
-                embeddings = self.embed_aligned(np.stack([results[i].crop for i in aligned]))
-                for i, embedding in zip(aligned, embeddings):
-                    r = results[i]
-                    results[i] = FaceEmbedding(r.face, r.crop, r.faces_found, embedding)
+            for i, face in zip(aligned, self.embed_faces([results[i] for i in aligned])):
+                results[i] = face
             yield from results
 
     def all_faces(self, image: ImageInput) -> list[FaceEmbedding]:
@@ -133,17 +134,21 @@ class Verifier:
         (found,) = detect_faces([image], self.detector)
         if isinstance(found, FaceVerifyError):
             raise found
-        faces = align_all(found)
+        return self.embed_faces(align_all(found, self.templates))
+
+    def embed_faces(self, faces: Sequence[AlignedFace]) -> list[FaceEmbedding]:
+        """The aligned faces, each now carrying its embedding."""
         if not faces:
             return []
-        embeddings = self.embed_aligned(np.stack([f.crop for f in faces]))
-        return [FaceEmbedding(f.face, f.crop, f.faces_found, e) for f, e in zip(faces, embeddings)]
+        embeddings = self.embed_aligned(*(np.stack(crops) for crops in zip(*(f.crops for f in faces))))
+        return [FaceEmbedding(f.face, f.crops, f.faces_found, e) for f, e in zip(faces, embeddings)]
 
-    def embed_aligned(self, crops: np.ndarray) -> np.ndarray:
-        """Embeddings of aligned (N, 112, 112, 3) uint8 crops, with flip averaging if enabled."""
-        embeddings = self.embedder(crops)
+    def embed_aligned(self, *crops: np.ndarray) -> np.ndarray:
+        """Embeddings of aligned uint8 crops, one (N, size, size, 3) array per template of the
+        model, with flip averaging if enabled."""
+        embeddings = self.embedder(*crops)
         if self.flip:
-            embeddings = embeddings + self.embedder(np.ascontiguousarray(crops[:, :, ::-1]))
+            embeddings = embeddings + self.embedder(*(np.ascontiguousarray(c[:, :, ::-1]) for c in crops))
             embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
         return embeddings
 

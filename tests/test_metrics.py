@@ -88,7 +88,8 @@ def test_one_class_is_an_error():
 
 
 def test_all_pairs_of_a_labelled_set_against_brute_force():
-    from faceverify.evaluation import AlignedIdentities
+    from faceverify.align import ARCFACE_112
+    from faceverify.evaluation import AlignedIdentities, all_pairs_scores
 
     rng = np.random.default_rng(3)
     n = 11
@@ -98,8 +99,10 @@ def test_all_pairs_of_a_labelled_set_against_brute_force():
     crops[:, 0, 0, 0] = np.arange(n)  # each crop says which vector it stands for
     ok = np.ones(n, bool)
     ok[4] = False  # a photo without a face takes part in no pair
-    aligned = AlignedIdentities(crops, ok, labels, ["a", "b", "c", "d", "e"], {"x": "no face"})
-    genuine, impostor = aligned.scores(lambda c: vectors[c[:, 0, 0, 0]], block=3)
+    aligned = AlignedIdentities((crops,), (ARCFACE_112,), ok, labels, ["a", "b", "c", "d", "e"], {"x": "no face"})
+    genuine, impostor = aligned.scores(lambda c: vectors[c[:, 0, 0, 0]])
+    blocked = all_pairs_scores(aligned.embeddings(lambda c: vectors[c[:, 0, 0, 0]])[ok], labels[ok], block=3)
+    np.testing.assert_array_equal(np.sort(blocked[1]), np.sort(impostor))
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if ok[i] and ok[j]]
     expected_gen = sorted(unit[i] @ unit[j] for i, j in pairs if labels[i] == labels[j])

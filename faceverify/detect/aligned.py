@@ -3,7 +3,9 @@
 `detect_faces` loads each image and finds every face (padding the frame once where none was found:
 tightly cropped faces need a margin); `detect_and_align` then picks one face per image by policy
 and warps it with the one alignment function; `align_all` warps every face of one image. Results
-are `AlignedFace` objects (or the `FaceVerifyError` explaining why not), never bare tuples.
+are `AlignedFace` objects (or the `FaceVerifyError` explaining why not), never bare tuples. A model
+names the templates it takes (`ModelMetadata.templates`: an ensemble may take several); each face
+is aligned once per template, from the same detection.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..align import align_face
+from ..align import ARCFACE_112, Template, align_face
 from ..errors import FaceVerifyError
 from ..images import ImageInput, load_rgb
 from .base import Detector, Face, pad_for_detection, select_face, shift_face
@@ -20,12 +22,21 @@ from .base import Detector, Face, pad_for_detection, select_face, shift_face
 
 @dataclass
 class AlignedFace:
-    """One face of a photo: its detection, its aligned 112×112×3 RGB crop, and how many faces the
-    photo held."""
+    """One face of a photo: its detection, its aligned RGB crops (one per template the model takes,
+    in the model's order), and how many faces the photo held."""
 
     face: Face
-    crop: np.ndarray
+    crops: tuple[np.ndarray, ...]
     faces_found: int
+
+    @property
+    def crop(self) -> np.ndarray:
+        """The first template's crop: the one shown to people."""
+        return self.crops[0]
+
+
+def align_templates(image: np.ndarray, face: Face, templates: Sequence[Template]) -> tuple[np.ndarray, ...]:
+    return tuple(align_face(image, face.landmarks, t) for t in templates)
 
 
 @dataclass
@@ -58,8 +69,10 @@ def detect_faces(images: Sequence[ImageInput], detector: Detector) -> list[Detec
 
 
 def detect_and_align(images: Sequence[ImageInput], detector: Detector, face_policy: str,
-                     names: Sequence[str]) -> list[AlignedFace | FaceVerifyError]:
-    """Per image: the face `face_policy` picks (see `select_face`), aligned, or the error."""
+                     names: Sequence[str], templates: Sequence[Template] = (ARCFACE_112,)
+                     ) -> list[AlignedFace | FaceVerifyError]:
+    """Per image: the face `face_policy` picks (see `select_face`), aligned to each of
+    `templates`, or the error."""
     results: list = []
     for found, name in zip(detect_faces(images, detector), names):
         if isinstance(found, FaceVerifyError):
@@ -67,13 +80,14 @@ def detect_and_align(images: Sequence[ImageInput], detector: Detector, face_poli
             continue
         try:
             face = select_face(found.faces, found.image.shape, face_policy, name)
-            results.append(AlignedFace(face, align_face(found.image, face.landmarks), len(found.faces)))
+            results.append(AlignedFace(face, align_templates(found.image, face, templates), len(found.faces)))
         except FaceVerifyError as exc:
             results.append(exc)
     return results
 
 
-def align_all(found: DetectedImage) -> list[AlignedFace]:
-    """Every face of one photo, largest first, aligned (to let a user pick one)."""
+def align_all(found: DetectedImage, templates: Sequence[Template] = (ARCFACE_112,)) -> list[AlignedFace]:
+    """Every face of one photo, largest first, aligned to each of `templates` (to let a user
+    pick one)."""
     faces = sorted(found.faces, key=lambda f: f.area, reverse=True)
-    return [AlignedFace(f, align_face(found.image, f.landmarks), len(faces)) for f in faces]
+    return [AlignedFace(f, align_templates(found.image, f, templates), len(faces)) for f in faces]

@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..align import ALIGNED_SIZE
 from ..data import load_samples
 from ..errors import FaceVerifyError
 from .teachers import TEACHER_FACTORIES, TEACHERS_DIR, load_teacher_parts
@@ -25,7 +24,7 @@ from .teachers import TEACHER_FACTORIES, TEACHERS_DIR, load_teacher_parts
 
 @dataclass
 class FaceArray:
-    """crops (N, 112, 112, 3) uint8 RGB, labels (N,) int64, identity names by label, and per
+    """crops (N, size, size, 3) uint8 RGB (one template's size), labels (N,) int64, identity names by label, and per
     distillation teacher its (N, dim) float16 embeddings (NaN rows where it has none)."""
 
     crops: np.ndarray
@@ -150,15 +149,22 @@ def _cached_crops(sources: list, keys: list[str], cache_dir, progress: bool) -> 
 
 
 def _decode_all(sources: list, progress: bool) -> np.ndarray:
-    """Decode crops given as file paths or encoded bytes, in threads (OpenCV releases the GIL)."""
-    out = np.empty((len(sources), ALIGNED_SIZE, ALIGNED_SIZE, 3), dtype=np.uint8)
+    """Decode crops given as file paths or encoded bytes, in threads (OpenCV releases the GIL);
+    all of one size, the first crop's (a prepared set is aligned to one template)."""
 
-    def decode(i):
-        source = sources[i]
+    def read(source):
         image = (cv2.imdecode(source, cv2.IMREAD_COLOR) if isinstance(source, np.ndarray)
                  else cv2.imread(str(source), cv2.IMREAD_COLOR))
-        if image is None or image.shape[:2] != (ALIGNED_SIZE, ALIGNED_SIZE):
-            raise ValueError(f"{source if isinstance(source, Path) else 'packed crop'}: not a {ALIGNED_SIZE}x{ALIGNED_SIZE} prepared crop")
+        return image, f"{source if isinstance(source, Path) else 'packed crop'}"
+
+    first, _ = read(sources[0]) if sources else (np.zeros((112, 112, 3), np.uint8), "")
+    size = first.shape[0] if first is not None else 0
+    out = np.empty((len(sources), size, size, 3), dtype=np.uint8)
+
+    def decode(i):
+        image, name = read(sources[i])
+        if image is None or image.shape[:2] != (size, size):
+            raise ValueError(f"{name}: not a {size}x{size} prepared crop like the set's first")
         out[i] = image[:, :, ::-1]
 
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
