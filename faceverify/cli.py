@@ -412,24 +412,29 @@ def cmd_gallery(args) -> int:
 
 
 def add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="align an identity dataset into 112x112 crops (resumable)")
+    p = sub.add_parser("prepare", help="align an identity dataset into crops of one template (resumable)")
     p.add_argument("source", type=Path, help="a folder of images (one subfolder per identity), or a manifest.csv")
     p.add_argument("dest", type=Path)
     p.add_argument("--split", help="only rows of this manifest split (e.g. train)")
     p.add_argument("--face-policy", choices=POLICIES, default="central")
     p.add_argument("--min-face-fraction", type=float, default=0.2,
                    help="smallest face searched, as a fraction of the short side (speed)")
+    p.add_argument("--template", default="arcface-112",
+                   help="the alignment the model to be trained takes (arcface-112, dlib-150)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args) -> int:
+    from .align import TEMPLATES
     from .detect import TorchMTCNN
     from .prepare import prepare_dataset
 
     detector = TorchMTCNN(device=args.device, min_face_fraction=args.min_face_fraction)
+    if args.template not in TEMPLATES:
+        raise FaceVerifyError(f"unknown template {args.template!r}; choose one of {sorted(TEMPLATES)}")
     report = prepare_dataset(args.source, args.dest, detector, split=args.split,
-                             policy=args.face_policy)
+                             policy=args.face_policy, template=TEMPLATES[args.template])
     print(f"aligned {report.aligned}, failed {report.failed} (see {Path(args.dest) / 'failures.csv'}), "
           f"already done {report.skipped}; success {100 * report.success_rate:.2f}%", file=sys.stderr)
     return EXIT_OK

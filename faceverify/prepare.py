@@ -1,4 +1,4 @@
-"""Dataset preparation: identity images → aligned 112×112 crops + manifest, resumable.
+"""Dataset preparation: identity images → aligned crops (one template's) + manifest, resumable.
 
 Every training face goes through the same `load_rgb` → `Detector` → `align_face` path as inference.
 Files that cannot be used are listed with a reason in `failures.csv`; they never stop the run.
@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .align import ARCFACE_112, Template
 from .data import Sample, load_samples
 from .detect import Detector
 from .errors import FaceVerifyError
@@ -38,7 +39,7 @@ class PrepareReport:
 
 
 def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
-                    split: str | None = None, policy: str = "central",
+                    split: str | None = None, policy: str = "central", template: Template = ARCFACE_112,
                     jpeg_quality: int = 95, progress: bool = True) -> PrepareReport:
     """Align every face of `source` into `dest` (see module docstring); rerun to resume."""
     dest = Path(dest)
@@ -56,7 +57,8 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
             tqdm(total=len(todo), desc="prepare", unit="img", disable=not progress) as bar:
         offset = 0
         # decoding runs ahead in threads while the detector works on the current batch
-        for found in aligned_batches([s.path for s in todo], [s.key for s in todo], detector, policy):
+        for found in aligned_batches([s.path for s in todo], [s.key for s in todo], detector, policy,
+                                     templates=(template,)):
             for sample, result in zip(todo[offset:offset + len(found)], found):
                 if isinstance(result, FaceVerifyError):
                     failures.write([sample.key, sample.identity, str(result)])
