@@ -1,20 +1,28 @@
 """ONNX export: the embedder (normalisation and metadata inside) and the three MTCNN stages.
 
-The exported embedder takes what `align_face` produces, (N, 112, 112, 3) RGB uint8 (or float32
-0..255), with a dynamic batch, and returns L2-normalised embeddings; its `metadata_props` carry
-the checkpoint's metadata (dim, template, thresholds, weights hash), so an .onnx file is a
-complete model on its own.
+The exported embedder takes what `align_face` produces, (N, size, size, 3) RGB uint8 (or float32
+0..255) for each template the model names, with a dynamic batch, and returns L2-normalised
+embeddings; its `metadata_props` carry the checkpoint's metadata (dim, templates, members,
+thresholds, weights hash), so an .onnx file is a complete model on its own. An ensemble becomes
+one graph: each member's graph (exported from torch, or the ONNX graph it is stored as) behind a
+shared input per template, then the same unit-norm, √weight, concatenate, re-normalise steps as
+`models.Ensemble`. Weights stored in fp16 stay fp16 in the file, cast to fp32 on load.
 """
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from .errors import ModelError
 from .metadata import ModelMetadata
-from .models import load_checkpoint
+from .models import Ensemble, load_checkpoint
+from .models.ensemble import kind
 from .runtime import METADATA_KEY
 
 OPSET = 18  # onnxruntime >= 1.20 runs it; the dynamo exporter's lowest well-supported opset
@@ -43,17 +51,116 @@ def export_embedder(checkpoint: str | Path, out: str | Path, input_dtype: str = 
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
     model, metadata = load_checkpoint(checkpoint)
-    wrapper = _NHWCEmbedder(model.half() if precision == "fp16" else model).eval()
-    size = metadata.input_size
-    dtype = torch.uint8 if input_dtype == "uint8" else torch.float32
-    example = torch.zeros(2, size, size, 3, dtype=dtype)
-    _export(wrapper, example, out, ["faces"], ["embeddings"], {"faces": {0: "batch"}})
-    proto = onnx.load(str(out))
-    metadata = metadata.replace(onnx={"opset": OPSET, "input_dtype": input_dtype, "precision": precision})
+    if isinstance(model, Ensemble):
+        if precision != "fp32":
+            raise ModelError("fp16 compute is exported for single networks only; an ensemble keeps "
+                             "fp16-stored weights in fp16 on its own")
+        proto = ensemble_graph(model, input_dtype, half_storage=metadata.weights_dtype == "float16")
+    else:
+        wrapper = _NHWCEmbedder(model.half() if precision == "fp16" else model).eval()
+        size = metadata.templates[0].size
+        dtype = torch.uint8 if input_dtype == "uint8" else torch.float32
+        example = torch.zeros(2, size, size, 3, dtype=dtype)
+        _export(wrapper, example, out, ["faces"], ["embeddings"], {"faces": {0: "batch"}})
+        proto = onnx.load(str(out))
+    metadata = metadata.replace(onnx={"opset": _default_opset(proto), "input_dtype": input_dtype, "precision": precision})
     _set_metadata(proto, metadata.to_dict())
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out))
     return metadata
+
+
+def torch_to_onnx(module: nn.Module, example: torch.Tensor):
+    """A module taking one tensor as an in-memory ONNX model (input "image", output "embedding",
+    dynamic batch)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "member.onnx"
+        _export(module, example, path, ["image"], ["embedding"], {"image": {0: "batch"}})
+        return onnx.load(str(path))
+
+
+def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bool = False):
+    """One ONNX graph for `model` (see the module docstring): inputs `faces_<template>`
+    (N, size, size, 3) in `model.templates` order, output "embeddings"."""
+    import onnx
+    from onnx import TensorProto, compose, helper, numpy_helper, version_converter
+
+    graphs = [kind(spec.arch).onnx_graph(network, spec.template.size)
+              for spec, network in zip(model.specs, model.networks)]
+    opset = max(_default_opset(g) for g in graphs)
+    graphs = [g if _default_opset(g) == opset else version_converter.convert_version(g, opset)
+              for g in graphs]
+    if half_storage:
+        graphs = [_fp16_storage(g) for g in graphs]
+    dtype = TensorProto.UINT8 if input_dtype == "uint8" else TensorProto.FLOAT
+    inputs, nodes, initializers, value_info = [], [], [], []
+    for t in model.templates:
+        name = f"faces_{t.name.replace('-', '_')}"
+        inputs.append(helper.make_tensor_value_info(name, dtype, ["batch", t.size, t.size, 3]))
+        nodes += [helper.make_node("Cast", [name], [f"{name}/float"], to=TensorProto.FLOAT),
+                  helper.make_node("Transpose", [f"{name}/float"], [f"{name}/nchw"], perm=[0, 3, 1, 2])]
+    parts = []
+    for i, (spec, graph) in enumerate(zip(model.specs, graphs)):
+        graph = compose.add_prefix(graph, f"m{i}/")
+        stored = {init.name for init in graph.graph.initializer}
+        (member_input,) = [v.name for v in graph.graph.input if v.name not in stored]
+        template_input = inputs[[t.name for t in model.templates].index(spec.template.name)].name
+        nodes.append(helper.make_node("Identity", [f"{template_input}/nchw"], [member_input]))
+        nodes += list(graph.graph.node)
+        initializers += list(graph.graph.initializer)
+        value_info += list(graph.graph.value_info)
+        unit = f"m{i}/unit"
+        nodes.append(helper.make_node("LpNormalization", [graph.graph.output[0].name], [unit], axis=1, p=2))
+        centre = getattr(model, f"centre_{i}")
+        if centre is not None:
+            initializers.append(numpy_helper.from_array(centre.numpy().astype(np.float32)[None], f"m{i}/centre"))
+            nodes += [helper.make_node("Sub", [unit, f"m{i}/centre"], [f"m{i}/centred"]),
+                      helper.make_node("LpNormalization", [f"m{i}/centred"], [f"{unit}2"], axis=1, p=2)]
+            unit = f"{unit}2"
+        initializers.append(numpy_helper.from_array(np.array(math.sqrt(spec.weight), np.float32), f"m{i}/scale"))
+        nodes.append(helper.make_node("Mul", [unit, f"m{i}/scale"], [f"m{i}/part"]))
+        parts.append(f"m{i}/part")
+    nodes += [helper.make_node("Concat", parts, ["joined"], axis=1),
+              helper.make_node("LpNormalization", ["joined"], ["embeddings"], axis=1, p=2)]
+    output = helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", model.embedding_dim])
+    graph = helper.make_graph(nodes, "faceverify-ensemble", inputs, [output], initializers, value_info=value_info)
+    imports = {}
+    for g in graphs:
+        for o in g.opset_import:
+            imports[o.domain] = max(imports.get(o.domain, 0), o.version)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in imports.items()],
+                              producer_name="faceverify")
+    proto.ir_version = max(g.ir_version for g in graphs)
+    return proto
+
+
+def _default_opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _fp16_storage(model):
+    """float32 initializers whose values are fp16 numbers (weights stored in fp16) stored as fp16,
+    each behind a Cast back to float32: half the file, the same numbers (onnxruntime folds the
+    casts when it loads the graph)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    casts, kept = [], []
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if init.data_type == TensorProto.FLOAT and values.size >= 64 and \
+                np.array_equal(values.astype(np.float16).astype(np.float32), values):
+            kept.append(numpy_helper.from_array(values.astype(np.float16), f"{init.name}/fp16"))
+            casts.append(helper.make_node("Cast", [f"{init.name}/fp16"], [init.name], to=TensorProto.FLOAT))
+        else:
+            kept.append(init)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
 
 
 def export_mtcnn(out_dir: str | Path) -> list[Path]:

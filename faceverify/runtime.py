@@ -29,8 +29,12 @@ def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def create_session(path: str | Path, providers: list[str] | None = None, threads: int = 0):
-    """An `InferenceSession` on the best available provider (or the ones asked for)."""
+def create_session(path: str | Path, providers: list[str] | None = None, threads: int = 0,
+                   fold_dequantize: bool = False):
+    """An `InferenceSession` on the best available provider (or the ones asked for).
+    `fold_dequantize`: weights stored quantised (int8 + DequantizeLinear, as SFace ships) are
+    expanded to float once when the session is built, not at every run, and fused with the
+    batch-norms after them; the arithmetic is the same float32 either way."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -43,6 +47,8 @@ def create_session(path: str | Path, providers: list[str] | None = None, threads
     # idle worker threads sleep instead of spinning: several sessions (three MTCNN stages and the
     # embedder) and the decoding threads share the cores, and spinning ones starve the busy ones
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if fold_dequantize:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         session = ort.InferenceSession(str(path), options, providers=wanted)
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
@@ -64,7 +70,7 @@ class OnnxEmbedder:
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, batch_size: int = 64):
         self.path = Path(path)
-        self.session = create_session(self.path, providers)
+        self.session = create_session(self.path, providers, fold_dequantize=True)
         self.providers = self.session.get_providers()
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_json(props.get(METADATA_KEY, "{}"), str(path))

