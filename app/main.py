@@ -175,8 +175,8 @@ class FaceApp:
     def about(self) -> str:
         meta = self.verifier.metadata
         dev = meta.dev
-        lines = [f"**Model** {meta.arch}, {meta.embedding_dim}-d embeddings, weights "
-                 f"`{meta.short_hash}`, running on {', '.join(self.verifier.providers)}."]
+        lines = [f"**Model** {meta.description}; weights `{meta.short_hash}`, running on "
+                 f"{', '.join(self.verifier.providers)}."]
         if dev:
             lines.append(f"**Dev pairs (LFW folds 7-8)** accuracy {100 * dev['accuracy']:.2f}%, "
                          f"AUC {dev['auc']:.4f}, EER {100 * dev['eer']:.2f}%.")

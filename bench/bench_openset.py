@@ -3,28 +3,36 @@
 Known people: M identities of LFW `dev_eval` (never trained on) with ≥ 3 photos, each enrolled with
 2 photos (template = mean embedding, as `Gallery` does); their other photos are the mated queries.
 Strangers: every photo of the dev_eval identities not enrolled. Distractors: N more enrolled
-identities from a prepared training set (the extra set), which no query belongs to. For each N the
+identities from a prepared training set (the extra set), which no query belongs to: each of their
+faces is aligned from its source photo with the landmarks `prepare` recorded, to every template the
+model takes. For each N the
 threshold follows the gallery rule (`operating`: target FPIR at the gallery's size, read off the
 model's all-pairs ROC); reported: rank-1 (closed set), FNIR (mated queries not answered with the
 right name) and FPIR (strangers accepted as someone) at that threshold, plus the FNIR-FPIR curve.
 
-    python bench/bench_openset.py --model weights/faceverify-default.pt \
-        --cache ~/faceverify-data/dev_eval.npz --distractors ~/faceverify-data/aligned/extra
+    python bench/bench_openset.py --model weights/faceverify-default.onnx \
+        --cache ~/faceverify-data/dev_eval.npz --distractors ~/faceverify-data/aligned/extra \
+        --distractor-photos ~/faceverify-data/extra
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 from common import ROOT, table
+from tqdm import tqdm
 
 from faceverify.data import load_samples
+from faceverify.detect import AlignedFace
+from faceverify.detect.aligned import align_templates
 from faceverify.evaluation import AlignedIdentities
 from faceverify.gallery.gallery import DEFAULT_FPIR
+from faceverify.images import load_rgb
 from faceverify.operating import describe, far_for_fpir, threshold_for_far
-from faceverify.train.face_array import load_face_array
+from faceverify.train.teachers import face_from_manifest
 from faceverify.verifier import Verifier
 
 LFW = ROOT.parent / "shared" / "data" / "lfw"
@@ -50,11 +58,31 @@ def split_known(aligned: AlignedIdentities, known: int, seed: int):
     return enrol, mated, strangers
 
 
+def distractors(verifier: Verifier, prepared: Path, photos: Path, count: int, seed: int) -> np.ndarray:
+    """Templates (mean of 2 photos) of `count` random identities of a prepared set with ≥ 2 faces."""
+    with open(prepared / "manifest.csv", newline="") as fh:
+        by_identity = {}
+        for row in csv.DictReader(fh):
+            by_identity.setdefault(row["identity"], []).append(row)
+    eligible = sorted(name for name, rows in by_identity.items() if len(rows) >= 2)
+    picked = np.random.default_rng(seed).choice(eligible, size=min(count, len(eligible)), replace=False)
+    paths = {sample.key: sample.path for sample in load_samples(photos)}
+    rows = [row for name in picked for row in by_identity[name][:2]]
+    faces = []
+    for row in tqdm(rows, desc="distractors", unit="face"):
+        face = face_from_manifest(row)
+        faces.append(AlignedFace(face, align_templates(load_rgb(paths[row["source"]]), face, verifier.templates), 1))
+    vectors = np.concatenate([[f.embedding for f in verifier.embed_faces(faces[i:i + 256])]
+                              for i in range(0, len(faces), 256)])
+    return np.stack([templates(pair) for pair in vectors.reshape(len(picked), 2, -1)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "weights" / "faceverify-default.pt"))
     parser.add_argument("--cache", type=Path, help="aligned dev_eval crops (built if absent)")
     parser.add_argument("--distractors", type=Path, help="a prepared folder (e.g. aligned/extra)")
+    parser.add_argument("--distractor-photos", type=Path, help="the photos it was prepared from")
     parser.add_argument("--counts", default="0,1000,10000")
     parser.add_argument("--known", type=int, default=60)
     parser.add_argument("--target-fpir", type=float, default=DEFAULT_FPIR)
@@ -70,11 +98,11 @@ def main() -> None:
     if args.cache and args.cache.is_file():
         aligned = AlignedIdentities.load(args.cache)
     else:
-        aligned = AlignedIdentities.build(load_samples(LFW / "manifest.csv", "dev_eval"), verifier.detector)
+        aligned = AlignedIdentities.build(load_samples(LFW / "manifest.csv", "dev_eval"), verifier.detector,
+                                          templates=verifier.templates)
         if args.cache:
             aligned.save(args.cache)
-    embeddings = np.zeros((len(aligned.crops), verifier.metadata.embedding_dim), np.float32)
-    embeddings[aligned.ok] = verifier.embed_aligned(aligned.crops[aligned.ok])
+    embeddings = aligned.embeddings(verifier.embed_aligned, verifier.templates)
     enrol, mated, strangers = split_known(aligned, args.known, args.seed)
     known_templates = np.stack([templates(embeddings[rows]) for rows in enrol.values()])
     known_ids = list(enrol)
@@ -82,15 +110,10 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     distractor_templates = np.zeros((0, known_templates.shape[1]), np.float32)
     if max(counts) > 0:
-        if not args.distractors:
-            raise SystemExit("--distractors is needed for counts above 0")
-        faces = load_face_array([args.distractors], min_images=2, progress=True)
-        rng = np.random.default_rng(args.seed)
-        picked = rng.choice(len(faces.identities), size=min(max(counts), len(faces.identities)), replace=False)
-        rows = [np.flatnonzero(faces.labels == label)[:2] for label in picked]
-        crops = faces.crops[np.concatenate(rows)]
-        vectors = verifier.embed_aligned(np.ascontiguousarray(crops)).reshape(len(rows), 2, -1)
-        distractor_templates = np.stack([templates(v) for v in vectors])
+        if not (args.distractors and args.distractor_photos):
+            raise SystemExit("--distractors and --distractor-photos are needed for counts above 0")
+        distractor_templates = distractors(verifier, args.distractors, args.distractor_photos,
+                                           max(counts), args.seed)
 
     results, curves = [], {}
     mated_rows, mated_truth = np.array([r for r, _ in mated]), np.array([known_ids.index(i) for _, i in mated])

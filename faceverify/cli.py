@@ -389,19 +389,50 @@ GALLERY_ACTIONS = {
 }
 
 
+def _gallery_upgrade(args) -> int:
+    """Re-embed the gallery for --model (it was built by another one, so no `Gallery` opens it)."""
+    from .gallery import upgrade_gallery
+
+    report = upgrade_gallery(args.gallery, _verifier(args, args.face_policy), drop_missing=args.drop_missing,
+                             progress=not args.quiet, busy_timeout_s=args.busy_timeout)
+    for person, source, reason in report.dropped if report.upgraded else report.problems:
+        print(f"{'dropped' if report.upgraded else 'cannot re-embed'} {source} ({person}): {reason}",
+              file=sys.stderr)
+    for person in report.removed_people:
+        print(f"removed {person!r}: none of their photos could be re-embedded", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    if not report.ok:
+        raise FaceVerifyError(f"{report.summary()} (what was re-embedded is kept); restore those photos "
+                              "and run again, or add --drop-missing to remove them")
+    print(report.summary(), file=sys.stderr)
+    return EXIT_OK
+
+
+#: gallery actions that open the gallery themselves: `upgrade` must open one built by another model
+GALLERY_COMMANDS = {"upgrade": _gallery_upgrade}
+
+
 def add_gallery(sub) -> None:
-    p = sub.add_parser("gallery", help="list, show, rename, remove, export or import")
-    p.add_argument("action", choices=tuple(GALLERY_ACTIONS))
+    p = sub.add_parser("gallery", help="list, show, rename, remove, export, import or upgrade "
+                                       "(re-embed for a new --model)")
+    p.add_argument("action", choices=(*GALLERY_ACTIONS, *GALLERY_COMMANDS))
     p.add_argument("--name")
     p.add_argument("--new-name")
     p.add_argument("--image-id", type=int)
     p.add_argument("--file", type=Path, help="export / import .npz")
     p.add_argument("--reembed", action="store_true", help="import from another model's export")
+    p.add_argument("--drop-missing", action="store_true", help="upgrade: remove the photos that cannot "
+                   "be re-embedded (missing, unreadable, changed, no face) instead of stopping")
+    p.add_argument("--json", action="store_true", help="upgrade: the report on stdout")
+    p.add_argument("--quiet", action="store_true", help="upgrade: no progress bar")
     _gallery_args(p)
     p.set_defaults(func=cmd_gallery)
 
 
 def cmd_gallery(args) -> int:
+    if args.action in GALLERY_COMMANDS:
+        return GALLERY_COMMANDS[args.action](args)
     action, needed = GALLERY_ACTIONS[args.action]
     missing = [f"--{option.replace('_', '-')}" for option in needed if getattr(args, option) is None]
     if missing:

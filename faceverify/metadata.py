@@ -80,6 +80,15 @@ class ModelMetadata:
         return tuple(Template.from_dict(next(t for t in raw if t["name"] == n)) for n in names)
 
     @property
+    def description(self) -> str:
+        """One line for people: the network(s), their licences, weights and templates."""
+        if not self.members:
+            return f"{self.arch}, {self.embedding_dim}-d embeddings"
+        parts = [f"{m['name']} ({m['licence'] or 'licence unknown'}; weight {m['weight']:.2f}; "
+                 f"{m['template']['name']} alignment)" for m in self.members]
+        return f"ensemble of {' + '.join(parts)}, {self.embedding_dim}-d embeddings"
+
+    @property
     def short_hash(self) -> str:
         return self.weights_sha256[:12]
 

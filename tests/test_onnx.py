@@ -25,9 +25,12 @@ EQUAL_SCORES = lfw("Gray_Davis", 9)
 
 @pytest.fixture(scope="module")
 def crops(torch_detector):
+    """The bundled model's inputs: one (N, size, size, 3) array per template it takes."""
     from faceverify.detect import detect_and_align
 
-    return np.stack([r.crop for r in detect_and_align(PHOTOS, torch_detector, "central", list(map(str, PHOTOS)))])
+    templates = OnnxEmbedder(BUNDLED_ONNX).metadata.templates
+    faces = detect_and_align(PHOTOS, torch_detector, "central", list(map(str, PHOTOS)), templates)
+    return tuple(np.stack(c) for c in zip(*(f.crops for f in faces)))
 
 
 def test_export_parity_and_metadata(tmp_path, crops):
@@ -38,33 +41,39 @@ def test_export_parity_and_metadata(tmp_path, crops):
     assert session.providers[-1] == "CPUExecutionProvider"
     assert session.metadata == metadata  # the same ModelMetadata, read back from the file
     assert session.metadata.thresholds == TorchEmbedder.from_checkpoint(BUNDLED, "cpu").metadata.thresholds
-    torch_out = TorchEmbedder.from_checkpoint(BUNDLED, "cpu")(crops)
-    for batch in (1, 4, len(crops)):  # dynamic batch
-        assert np.abs(session(crops[:batch]) - torch_out[:batch]).max() < 1e-4
+    torch_out = TorchEmbedder.from_checkpoint(BUNDLED, "cpu")(*crops)
+    for batch in (1, 4, len(PHOTOS)):  # dynamic batch
+        assert np.abs(session(*(c[:batch] for c in crops)) - torch_out[:batch]).max() < 1e-4
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert int(props["embedding_dim"]) == metadata.embedding_dim and "template" in json.loads(props["faceverify"])
+    assert int(props["embedding_dim"]) == metadata.embedding_dim
+    assert json.loads(props["faceverify"])["members"] == metadata.members
 
 
-def test_half_precision_export_keeps_the_embeddings(tmp_path, crops):
-    out = tmp_path / "h.onnx"
-    export_embedder(BUNDLED, out, precision="fp16")
-    half, full = OnnxEmbedder(out), OnnxEmbedder(BUNDLED_ONNX)
-    assert half.metadata.onnx["precision"] == "fp16" and out.stat().st_size < 0.6 * BUNDLED_ONNX.stat().st_size
-    embeddings = half(crops)
+def test_half_precision_export_keeps_the_embeddings(tmp_path, untrained_checkpoint, crops):
+    """fp16 compute (for GPUs) is for a single network, e.g. a trained ResNet."""
+    full_path, half_path = tmp_path / "f.onnx", tmp_path / "h.onnx"
+    export_embedder(untrained_checkpoint, full_path)
+    export_embedder(untrained_checkpoint, half_path, precision="fp16")
+    half, full = OnnxEmbedder(half_path), OnnxEmbedder(full_path)
+    assert half.metadata.onnx["precision"] == "fp16" and half_path.stat().st_size < 0.6 * full_path.stat().st_size
+    arcface = crops[[t.name for t in OnnxEmbedder(BUNDLED_ONNX).metadata.templates].index("arcface-112")]
+    embeddings = half(arcface)
     assert embeddings.dtype == np.float32
-    assert (embeddings * full(crops)).sum(axis=1).min() > 0.999  # cosine to the fp32 model's
+    assert (embeddings * full(arcface)).sum(axis=1).min() > 0.999  # cosine to the fp32 model's
 
 
 def test_float_input_export(tmp_path, crops):
     out = tmp_path / "f.onnx"
     export_embedder(BUNDLED, out, input_dtype="float32")
-    assert np.abs(OnnxEmbedder(out)(crops.astype(np.float32)) - OnnxEmbedder(BUNDLED_ONNX)(crops)).max() < 1e-4
+    floats = [c.astype(np.float32) for c in crops]
+    assert np.abs(OnnxEmbedder(out)(*floats) - OnnxEmbedder(BUNDLED_ONNX)(*crops)).max() < 1e-4
 
 
 def test_bundled_onnx_matches_bundled_checkpoint(crops):
+    """The shipped default on both paths: same weights, same embeddings of real faces."""
     onnx_model, torch_model = OnnxEmbedder(BUNDLED_ONNX), TorchEmbedder.from_checkpoint(BUNDLED, "cpu")
     assert onnx_model.metadata.weights_sha256 == torch_model.metadata.weights_sha256
-    assert np.abs(onnx_model(crops) - torch_model(crops)).max() < 1e-4
+    assert np.abs(onnx_model(*crops) - torch_model(*crops)).max() < 1e-4
 
 
 def test_onnx_mtcnn_matches_facenet_pytorch(torch_detector):

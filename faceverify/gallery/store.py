@@ -3,9 +3,10 @@ PostgreSQL + pgvector (galleries that outgrow one machine).
 
 Embeddings are stored as raw float32 (SQLite BLOB; pgvector `vector`), never pickled. A gallery
 records the fingerprint of the model that produced its embeddings (`weights_sha256`) and refuses
-any other model. The whole enrollment of one identity is one transaction, so a process killed in
-the middle leaves the identity fully present or absent; a second writer waits up to the busy
-timeout and then gets `GalleryBusyError`. Search is the store's business: SQLite hands its
+any other model (`faceverify gallery upgrade` re-embeds it for a new one: see `upgrade`). The
+whole enrollment of one identity is one transaction, so a process killed in the middle leaves the
+identity fully present or absent; a second writer waits up to the busy timeout and then gets
+`GalleryBusyError`. Search is the store's business: SQLite hands its
 templates to an in-memory index (numpy / FAISS), PostgreSQL searches an HNSW index in the server.
 """
 from __future__ import annotations
@@ -26,10 +27,24 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def open_store(location: str | Path, weights_sha256: str, embedding_dim: int, threshold: float,
-               busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None):
-    """A `PostgresStore` for a postgresql:// URL, else a `SqliteStore` for a file path."""
+               busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None,
+               any_model: bool = False):
+    """A `PostgresStore` for a postgresql:// URL, else a `SqliteStore` for a file path.
+    `any_model`: open it even if another model built it (only `upgrade` does that)."""
     kind = PostgresStore if str(location).startswith(POSTGRES_SCHEMES) else SqliteStore
-    return kind(location, weights_sha256, embedding_dim, threshold, busy_timeout_s, create, target_fpir)
+    return kind(location, weights_sha256, embedding_dim, threshold, busy_timeout_s, create, target_fpir,
+                any_model)
+
+
+#: meta keys naming the model an upgrade in progress is staging embeddings for (`upgrade_images`)
+UPGRADE_SHA, UPGRADE_DIM = "upgrade_weights_sha256", "upgrade_embedding_dim"
+
+
+def _template(embeddings: np.ndarray) -> np.ndarray:
+    """An identity's template: the mean of its embeddings, L2-normalised."""
+    template = embeddings.mean(axis=0)
+    template /= max(float(np.linalg.norm(template)), 1e-12)
+    return template
 
 
 def _now() -> str:
@@ -43,17 +58,19 @@ class GalleryStore(ABC):
     placeholder = "?"
 
     def __init__(self, location, weights_sha256: str, embedding_dim: int, threshold: float,
-                 busy_timeout_s: float, create: bool, target_fpir: float | None):
+                 busy_timeout_s: float, create: bool, target_fpir: float | None, any_model: bool = False):
         self.location, self.busy_timeout_s = str(location), busy_timeout_s
         exists = self._connect(create)
         if not exists:
             self._create(weights_sha256, embedding_dim, threshold, target_fpir)
         self.meta = dict(self._execute("SELECT key, value FROM meta").fetchall())
-        if self.meta["weights_sha256"] != weights_sha256:
+        if self.meta["weights_sha256"] != weights_sha256 and not any_model:
+            self.close()
             raise ModelMismatchError(
-                f"{self.location} was built with model {self.meta['weights_sha256'][:12]}, not "
-                f"{weights_sha256[:12]}; re-embed it with `faceverify gallery export` + `import` "
-                "using the new model, or open it with the model that built it")
+                f"{self.path} was built with model {self.meta['weights_sha256'][:12]}, not "
+                f"{weights_sha256[:12]}; re-embed it for this model with `faceverify gallery upgrade "
+                f"--gallery {self.path} [--model NEW]` (resumable; it keeps working with its old "
+                "model until the switch), or open it with the model that built it")
         self.embedding_dim = int(self.meta["embedding_dim"])
 
     # -------------------------------------------------------- back-end hooks
@@ -78,6 +95,18 @@ class GalleryStore(ABC):
         """(N, dim) float32 from column values."""
 
     @abstractmethod
+    def _staging_schema(self, embedding_dim: int) -> str:
+        """CREATE TABLE upgrade_images: per image, its embedding by the upgrade's target model (or
+        the problem that prevented one), keyed by the image's id."""
+
+    def _retype_embeddings(self, embedding_dim: int) -> None:
+        """In the switch, before the staged embeddings replace the old ones: make the embedding
+        columns take `embedding_dim` (templates already emptied). Nothing to do for BLOBs."""
+
+    def _retyped(self) -> None:
+        """In the switch, once images and templates hold the new embeddings (constraints, indexes)."""
+
+    @abstractmethod
     def _has_table(self, name: str) -> bool:
         """Does the gallery's table `name` exist?"""
 
@@ -91,6 +120,9 @@ class GalleryStore(ABC):
 
     def _execute(self, sql: str, params=()):
         return self.db.execute(sql.replace("?", self.placeholder), params)
+
+    def _executemany(self, sql: str, rows) -> None:
+        self.db.cursor().executemany(sql.replace("?", self.placeholder), rows)
 
     def _insert_id(self, sql: str, params) -> int:
         return self._execute(sql + " RETURNING id", params).fetchone()[0]
@@ -125,6 +157,15 @@ class GalleryStore(ABC):
     def close(self) -> None:
         self.db.close()
 
+    def _check_model(self) -> None:
+        """Refuse to go on if another process upgraded the gallery to another model since we opened
+        it (its embeddings would no longer be comparable with ours). Meta and embeddings change in
+        one transaction, so a check after a read tells whether that read saw the old model's."""
+        row = self._execute("SELECT value FROM meta WHERE key = 'weights_sha256'").fetchone()
+        if row is None or row[0] != self.meta["weights_sha256"]:
+            raise ModelMismatchError(f"{self.path} was upgraded to model {row[0][:12] if row else '?'} "
+                                     "since it was opened; open it again with that model")
+
     # ----------------------------------------------------------------- reads
     @property
     def threshold(self) -> float:
@@ -146,6 +187,9 @@ class GalleryStore(ABC):
 
     def identity_count(self) -> int:
         return self._execute("SELECT COUNT(*) FROM identities").fetchone()[0]
+
+    def image_count(self) -> int:
+        return self._execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
     def identities(self) -> list[tuple[str, int, str]]:
         """(name, number of images, created) for every identity, by name."""
@@ -187,6 +231,7 @@ class GalleryStore(ABC):
         optionally thumbnail) to `name`, creating it if needed, and refresh its template: all in
         one transaction."""
         with self.transaction():
+            self._check_model()
             identity = self.identity_id(name)
             if identity is None:
                 identity = self._insert_id("INSERT INTO identities (name, created) VALUES (?, ?)",
@@ -233,10 +278,157 @@ class GalleryStore(ABC):
 
     def _refresh_template(self, identity: int) -> None:
         rows = self._execute("SELECT embedding FROM images WHERE identity_id = ?", (identity,)).fetchall()
-        template = self._array([r[0] for r in rows]).mean(axis=0)
-        template /= max(float(np.linalg.norm(template)), 1e-12)
+        template = _template(self._array([r[0] for r in rows]))
         self._execute("DELETE FROM templates WHERE identity_id = ?", (identity,))
         self._execute("INSERT INTO templates VALUES (?, ?, ?)", (identity, self._vector(template), len(rows)))
+
+    # --------------------------------------------------------------- upgrade
+    # Re-embedding for a new model (`upgrade.upgrade_gallery`): new embeddings are staged in
+    # `upgrade_images`, one transaction per person, while the gallery keeps working with its old
+    # model; then one transaction swaps them in. Rows of `upgrade_images` go with their image
+    # (ON DELETE CASCADE); images enrolled meanwhile are staged by the next pass.
+
+    def staged_model(self) -> tuple[str, int] | None:
+        """(weights sha256, embedding size) of the model an unfinished upgrade is staging for."""
+        meta = dict(self._execute("SELECT key, value FROM meta WHERE key IN (?, ?)",
+                                  (UPGRADE_SHA, UPGRADE_DIM)).fetchall())
+        if UPGRADE_SHA not in meta or not self._has_table("upgrade_images"):
+            return None
+        return meta[UPGRADE_SHA], int(meta[UPGRADE_DIM])
+
+    def start_upgrade(self, weights_sha256: str, embedding_dim: int) -> int:
+        """Make `upgrade_images` ready for this model: kept if an earlier run staged for the same
+        model (returns how many images it holds), else created afresh (returns 0)."""
+        with self.transaction():
+            if self.staged_model() == (weights_sha256, embedding_dim):
+                return self._execute("SELECT COUNT(*) FROM upgrade_images "
+                                     "WHERE embedding IS NOT NULL").fetchone()[0]
+            self._execute("DROP TABLE IF EXISTS upgrade_images")  # staged for another model: useless now
+            self._execute("DELETE FROM meta WHERE key IN (?, ?)", (UPGRADE_SHA, UPGRADE_DIM))
+            self._execute(self._staging_schema(embedding_dim))
+            self._execute("INSERT INTO meta VALUES (?, ?)", (UPGRADE_SHA, weights_sha256))
+            self._execute("INSERT INTO meta VALUES (?, ?)", (UPGRADE_DIM, str(embedding_dim)))
+        return 0
+
+    def unstaged_images(self) -> list[tuple[str, list[dict]]]:
+        """(name, [images: id, source, sha256]) per person, by name, for the images that have no
+        staged embedding yet (never tried, or tried and failed: tried again)."""
+        rows = self._execute(
+            "SELECT identities.name, images.id, images.source, images.sha256 FROM images "
+            "JOIN identities ON identities.id = images.identity_id LEFT JOIN upgrade_images "
+            "ON upgrade_images.image_id = images.id WHERE upgrade_images.embedding IS NULL "
+            "ORDER BY identities.name, images.id").fetchall()
+        people: dict[str, list[dict]] = {}
+        for name, image_id, source, sha256 in rows:
+            people.setdefault(name, []).append({"id": image_id, "source": source, "sha256": sha256})
+        return list(people.items())
+
+    def stage(self, weights_sha256: str, rows: list[dict]) -> None:
+        """Record one person's re-embedded images (dicts: id and either embedding, thumbnail,
+        det_score, face_size, sharpness, or problem), in one transaction."""
+        with self.transaction():
+            staged = self.staged_model()
+            if staged is None or staged[0] != weights_sha256:
+                raise GalleryError(f"{self.path}: another process finished or restarted this upgrade")
+            dim = staged[1]
+            ids = [row["id"] for row in rows]
+            existing = set() if not ids else {r[0] for r in self._execute(
+                f"SELECT id FROM images WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()}
+            values = []
+            for row in rows:
+                if row["id"] not in existing:
+                    continue  # removed since it was read: nothing to stage
+                embedding = row.get("embedding")
+                if embedding is not None:
+                    embedding = np.asarray(embedding, np.float32)
+                    if embedding.shape != (dim,):
+                        raise ModelMismatchError(f"embedding of size {embedding.shape} does not match "
+                                                 f"the upgrade's {dim}")
+                    embedding = self._vector(embedding)
+                values.append((row["id"], embedding, row.get("thumbnail"), row.get("det_score"),
+                               row.get("face_size"), row.get("sharpness"), row.get("problem")))
+            if not values:
+                return
+            self._executemany(
+                "INSERT INTO upgrade_images (image_id, embedding, thumbnail, det_score, face_size, "
+                "sharpness, problem) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image_id) DO UPDATE SET "
+                "embedding = excluded.embedding, thumbnail = excluded.thumbnail, det_score = "
+                "excluded.det_score, face_size = excluded.face_size, sharpness = excluded.sharpness, "
+                "problem = excluded.problem", values)
+
+    def staged_problems(self) -> list[tuple[str, str, str]]:
+        """(name, source, reason) of every image the upgrade's model could not re-embed."""
+        return [tuple(r) for r in self._execute(
+            "SELECT identities.name, images.source, upgrade_images.problem FROM upgrade_images "
+            "JOIN images ON images.id = upgrade_images.image_id JOIN identities ON identities.id = "
+            "images.identity_id WHERE upgrade_images.embedding IS NULL ORDER BY identities.name, "
+            "images.id").fetchall()]
+
+    def finish_upgrade(self, weights_sha256: str, embedding_dim: int, threshold: float,
+                       drop_missing: bool = False) -> dict | None:
+        """The switch, in one transaction: every image's embedding, thumbnail and quality replaced
+        by the staged ones, templates rebuilt, meta naming the new model, staging dropped. With
+        `drop_missing`, images that could not be re-embedded are removed first (and people left
+        without images). Returns {"dropped": [(name, source, reason)], "removed": [names]}, or
+        None, changing nothing, if some image has no staged embedding (enrolled since it was
+        staged, or a problem without `drop_missing`)."""
+        old_dim = self.embedding_dim
+        try:
+            with self.transaction():
+                if self.staged_model() != (weights_sha256, embedding_dim):
+                    raise GalleryError(f"{self.path}: another process finished or restarted this upgrade")
+                problems = self.staged_problems()
+                unstaged = self._execute(
+                    "SELECT COUNT(*) FROM images LEFT JOIN upgrade_images ON upgrade_images.image_id = "
+                    "images.id WHERE upgrade_images.image_id IS NULL").fetchone()[0]
+                if unstaged or (problems and not drop_missing):
+                    return None
+                self._execute("DELETE FROM images WHERE id IN "
+                              "(SELECT image_id FROM upgrade_images WHERE embedding IS NULL)")
+                removed = [r[0] for r in self._execute(
+                    "SELECT name FROM identities WHERE NOT EXISTS (SELECT 1 FROM images WHERE "
+                    "images.identity_id = identities.id) ORDER BY name").fetchall()]
+                self._execute("DELETE FROM identities WHERE NOT EXISTS (SELECT 1 FROM images WHERE "
+                              "images.identity_id = identities.id)")
+                self._execute("DELETE FROM templates")
+                self._retype_embeddings(embedding_dim)
+                self._execute(
+                    "UPDATE images SET (embedding, thumbnail, det_score, face_size, sharpness) = "
+                    "(SELECT embedding, thumbnail, det_score, face_size, sharpness FROM upgrade_images "
+                    "WHERE upgrade_images.image_id = images.id)")
+                self.embedding_dim = embedding_dim
+                self._rebuild_templates()
+                self._retyped()
+                for key, value in (("weights_sha256", weights_sha256), ("embedding_dim", str(embedding_dim)),
+                                   ("threshold", repr(float(threshold))),
+                                   ("previous_weights_sha256", self.meta["weights_sha256"]),
+                                   ("upgraded", _now())):
+                    self._execute("DELETE FROM meta WHERE key = ?", (key,))
+                    self._execute("INSERT INTO meta VALUES (?, ?)", (key, value))
+                self._execute("DELETE FROM meta WHERE key IN (?, ?)", (UPGRADE_SHA, UPGRADE_DIM))
+                self._execute("DROP TABLE upgrade_images")
+        except BaseException:
+            self.embedding_dim = old_dim  # rolled back: still the old model's gallery
+            raise
+        self.meta = dict(self._execute("SELECT key, value FROM meta").fetchall())
+        return {"dropped": problems, "removed": removed}
+
+    def _rebuild_templates(self, chunk: int = 1000) -> None:
+        """Every identity's template from its images (into an empty `templates`), `chunk`
+        identities at a time."""
+        ids = [r[0] for r in self._execute("SELECT id FROM identities ORDER BY id").fetchall()]
+        for start in range(0, len(ids), chunk):
+            rows = self._execute("SELECT identity_id, embedding FROM images WHERE identity_id >= ? AND "
+                                 "identity_id <= ? ORDER BY identity_id, id",
+                                 (ids[start], ids[min(start + chunk, len(ids)) - 1])).fetchall()
+            if not rows:
+                continue
+            owners = np.array([r[0] for r in rows])
+            embeddings = self._array([r[1] for r in rows])
+            bounds = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1], True])
+            self._executemany("INSERT INTO templates VALUES (?, ?, ?)", [
+                (int(owners[a]), self._vector(_template(embeddings[a:b])), int(b - a))
+                for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 class SqliteStore(GalleryStore):
@@ -285,6 +477,11 @@ class SqliteStore(GalleryStore):
     def _has_table(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() is not None
 
+    def _staging_schema(self, embedding_dim: int) -> str:
+        return ("CREATE TABLE upgrade_images (image_id INTEGER PRIMARY KEY REFERENCES images(id) "
+                "ON DELETE CASCADE, embedding BLOB, thumbnail BLOB, det_score REAL, face_size REAL, "
+                "sharpness REAL, problem TEXT)")
+
     def _vector(self, embedding: np.ndarray) -> bytes:
         return np.asarray(embedding, np.float32).tobytes()
 
@@ -299,7 +496,12 @@ class SqliteStore(GalleryStore):
         from .index import build_index
 
         if self._cache is None or self._cache[0] != (self.version(), index_kind):
-            names, templates = self.templates()
+            try:
+                names, templates = self.templates()
+            except Exception:
+                self._check_model()  # upgraded meanwhile? (templates of another size)
+                raise
+            self._check_model()
             self._cache = ((self.version(), index_kind), names,
                            build_index(templates, index_kind) if names else None)
         _, names, index = self._cache
@@ -379,6 +581,26 @@ class PostgresStore(GalleryStore):
     def _has_table(self, name: str) -> bool:
         return self.db.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
 
+    def _staging_schema(self, embedding_dim: int) -> str:
+        return (f"CREATE TABLE upgrade_images (image_id BIGINT PRIMARY KEY REFERENCES images(id) "
+                f"ON DELETE CASCADE, embedding vector({embedding_dim}), thumbnail BYTEA, det_score REAL, "
+                f"face_size REAL, sharpness REAL, problem TEXT)")
+
+    def _retype_embeddings(self, embedding_dim: int) -> None:
+        """vector(old) → vector(new): the HNSW index goes (rebuilt by `_retyped`), the emptied
+        templates column is retyped, the images column retyped empty and refilled by the switch.
+        PostgreSQL DDL is transactional: a rollback restores all of it."""
+        self._execute("DROP INDEX IF EXISTS templates_hnsw")
+        self._execute(f"ALTER TABLE templates ALTER COLUMN embedding TYPE vector({embedding_dim}) "
+                      f"USING NULL::vector({embedding_dim})")
+        self._execute("ALTER TABLE images ALTER COLUMN embedding DROP NOT NULL")
+        self._execute(f"ALTER TABLE images ALTER COLUMN embedding TYPE vector({embedding_dim}) "
+                      f"USING NULL::vector({embedding_dim})")
+
+    def _retyped(self) -> None:
+        self._execute("ALTER TABLE images ALTER COLUMN embedding SET NOT NULL")
+        self._execute("CREATE INDEX templates_hnsw ON templates USING hnsw (embedding vector_ip_ops)")
+
     def _vector(self, embedding: np.ndarray):
         return np.asarray(embedding, np.float32)
 
@@ -389,11 +611,16 @@ class PostgresStore(GalleryStore):
         """HNSW in the server (`<#>` is the negative inner product); `ef_search` ≥ k."""
         names, scores = [], []
         self.db.execute(f"SET hnsw.ef_search = {max(40, 2 * k)}")
-        for query in np.asarray(queries, np.float32):
-            rows = self.db.execute(
-                "SELECT name, -(templates.embedding <#> %s) FROM templates JOIN identities "
-                "ON identities.id = templates.identity_id ORDER BY templates.embedding <#> %s LIMIT %s",
-                (query, query, k)).fetchall()
-            names.append([r[0] for r in rows])
-            scores.append([float(r[1]) for r in rows])
+        try:
+            for query in np.asarray(queries, np.float32):
+                rows = self.db.execute(
+                    "SELECT name, -(templates.embedding <#> %s) FROM templates JOIN identities "
+                    "ON identities.id = templates.identity_id ORDER BY templates.embedding <#> %s LIMIT %s",
+                    (query, query, k)).fetchall()
+                names.append([r[0] for r in rows])
+                scores.append([float(r[1]) for r in rows])
+        except Exception:
+            self._check_model()  # upgraded meanwhile? (vectors of another size)
+            raise
+        self._check_model()
         return (names, scores) if names and names[0] else None
