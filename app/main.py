@@ -146,16 +146,29 @@ class FaceApp:
             raise user_error("Give the person a name.")
         if not files:
             raise user_error("Add at least one photo.")
-        paths = [f if isinstance(f, str) else f.name for f in files]
+        uploads = [f if isinstance(f, str) else f.name for f in files]
+        kept = {str(self.keep_photo(p)): Path(p).name for p in uploads}
         try:
             with self.gallery() as gallery, self._lock:
-                report = gallery.enroll(name, paths, [Path(p).name for p in paths])
+                report = gallery.enroll(name, list(kept), list(kept))
         except FaceVerifyError as exc:
             raise user_error(str(exc)) from None
-        rows = [[Path(s).name, "added", ""] for s in report.added] + \
-               [[Path(s).name, "rejected", why] for s, why in report.rejected]
+        rows = [[kept[s], "added", ""] for s in report.added] + \
+               [[kept[s], "rejected", why] for s, why in report.rejected]
         summary = f"{len(report.added)} photo(s) added to **{name.strip()}**, {len(report.rejected)} rejected."
         return summary, rows, self.identity_rows()
+
+    def keep_photo(self, upload: str) -> Path:
+        """A copy of an uploaded photo beside the gallery (`<gallery>.photos/<sha256>.<ext>`),
+        recorded as the image's source: Gradio deletes its uploads, and a gallery upgraded to a
+        new model is re-embedded from its sources (`faceverify gallery upgrade`)."""
+        data = Path(upload).read_bytes()
+        folder = self.gallery_path.with_name(self.gallery_path.name + ".photos")
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = folder / (hashlib.sha256(data).hexdigest()[:32] + Path(upload).suffix.lower())
+        if not kept.is_file():
+            kept.write_bytes(data)
+        return kept.resolve()
 
     def identity_rows(self):
         if not self.gallery_path.is_file():

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,7 @@ def server(tmp_path_factory):
         proc.kill()
         pytest.fail("server did not start in 180 s")
     server = Server(url)
-    server.proc, server.log = proc, log
+    server.proc, server.log, server.gallery = proc, log, folder / "gallery.db"
     yield server
     proc.terminate()
     proc.wait(timeout=30)
@@ -155,6 +156,25 @@ def test_enroll_then_identify(client):
                    api_name="/enroll")
     headline, matches = client.predict(handle_file(str(lfw("Abdullah_Gul", 5))), 3, api_name="/identify")
     assert headline.startswith("## Abdullah Gul") and len(matches) == 2
+
+
+def test_enrolled_photos_are_kept_for_upgrades(client, server):
+    """Gradio deletes uploads: the UI keeps each enrolled photo beside the gallery and records
+    that copy as the source, so `faceverify gallery upgrade` can re-embed it later."""
+    import sqlite3
+
+    from gradio_client import handle_file
+
+    photos = [lfw("Aaron_Peirsol", i) for i in (3, 4)]
+    summary, _, _ = client.predict("Aaron Peirsol 2", [handle_file(str(p)) for p in photos], api_name="/enroll")
+    with sqlite3.connect(server.gallery) as db:
+        sources = [row[0] for row in db.execute(
+            "SELECT source FROM images JOIN identities ON identities.id = identity_id WHERE name = 'Aaron Peirsol 2'")]
+    assert f"{len(sources)} photo(s) added" in summary and sources
+    for source in sources:
+        kept = Path(source)
+        assert kept.parent == server.gallery.with_name("gallery.db.photos") and kept.is_file()
+    assert {Path(s).read_bytes() for s in sources} <= {p.read_bytes() for p in photos}
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (make test installs it as root)")
