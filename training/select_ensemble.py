@@ -127,6 +127,8 @@ def main() -> None:
     znorm = {name: 1 / spread[name] for name in networks}
     candidates.append(("z-norm weights (1/impostor sd)", znorm, None))
     rows = []
+    print("| candidate | flip | dev accuracy % | dev AUC | all-pairs AUC | "
+          + " | ".join(f"TAR@{far}" for far in FARS) + " |\n|" + "---|" * (5 + len(FARS)))
     for name, weights, centred in candidates:
         for flip in (False, True):
             usable = np.flatnonzero(pairs.ok)
