@@ -32,7 +32,7 @@ from faceverify.evaluation import AlignedIdentities
 from faceverify.gallery.gallery import DEFAULT_FPIR
 from faceverify.images import load_rgb
 from faceverify.operating import describe, far_for_fpir, threshold_for_far
-from faceverify.train.teachers import face_from_manifest
+from faceverify.prepare import face_from_manifest
 from faceverify.verifier import Verifier
 
 LFW = ROOT.parent / "shared" / "data" / "lfw"

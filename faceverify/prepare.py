@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -14,10 +17,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .align import ARCFACE_112, Template
+from .align import ARCFACE_112, Template, align_face
 from .data import Sample, load_samples
-from .detect import Detector
+from .detect import Detector, Face
 from .errors import FaceVerifyError
+from .images import load_rgb
 from .pipeline import aligned_batches
 
 #: `box` (x1 y1 x2 y2) and `landmarks` (x y × 5) locate the chosen face in the source photo, so that
@@ -77,6 +81,43 @@ def prepare_dataset(source: str | Path, dest: str | Path, detector: Detector, *,
             bar.update(len(found))
             bar.set_postfix(failed=report.failed)
     return report
+
+
+def face_from_manifest(row: dict) -> Face:
+    """The face `prepare` chose, from its manifest row (box and landmarks columns)."""
+    try:
+        box = np.array(row["box"].split(), np.float32)
+        landmarks = np.array(row["landmarks"].split(), np.float32).reshape(5, 2)
+    except (KeyError, AttributeError, ValueError):
+        raise FaceVerifyError("the prepared manifest has no face geometry (box, landmarks): "
+                              "prepare the dataset again with this version") from None
+    return Face(box, float(row.get("score") or 1.0), landmarks)
+
+
+def realign_prepared(prepared: str | Path, source: str | Path, dest: str | Path, template: Template,
+                     jpeg_quality: int = 95, progress: bool = True) -> int:
+    """Crops of an already prepared set aligned to another `template`, from its source photos and
+    the landmarks `prepare` recorded (no detection): `dest` gets the same manifest and crop names.
+    Resumable: crops already written are kept. Returns how many were written."""
+    prepared, dest = Path(prepared), Path(dest)
+    with open(prepared / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    photos = {sample.key: sample.path for sample in load_samples(source)}
+    todo = [row for row in rows if not (dest / row["path"]).is_file()]
+
+    def write(row: dict) -> None:
+        crop = align_face(load_rgb(photos[row["source"]]), face_from_manifest(row).landmarks, template)
+        out = dest / row["path"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.stem + ".tmp.jpg")
+        cv2.imwrite(str(tmp), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        os.replace(tmp, out)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(tqdm(pool.map(write, todo), total=len(todo), desc=f"realign {template.name}", unit="img",
+                  disable=not progress))
+    shutil.copyfile(prepared / "manifest.csv", dest / "manifest.csv")
+    return len(todo)
 
 
 def output_key(sample: Sample) -> str:

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from faceverify.data import load_samples
 from faceverify.detect import select_face
 from faceverify.images import load_rgb
 from faceverify.train import Trainer, load_config
@@ -271,3 +273,38 @@ def test_packs_carry_teacher_embeddings(tmp_path):
         load_face_array(packs, teachers=["mobilefacenet"], progress=False)
     with pytest.raises(FaceVerifyError, match="unknown teacher"):
         load_face_array(packs, teachers=["dlibb"], progress=False)
+
+
+@pytest.mark.slow
+def test_ensemble_teacher_and_realignment_use_the_recorded_faces(taught, tmp_path):
+    """The bundled model as teacher embeds each prepared face exactly as `Verifier` embeds that
+    face (same landmarks, each member on its own template); the set re-aligned to dlib-150 holds
+    the same faces, warped from the source photos with the recorded landmarks."""
+    from faceverify.align import DLIB_150, align_face
+    from faceverify.detect import AlignedFace
+    from faceverify.detect.aligned import align_templates
+    from faceverify.prepare import face_from_manifest, realign_prepared
+    from faceverify.train.teachers import ModelTeacher, embed_prepared
+    from faceverify.verifier import Verifier
+
+    source, dest = taught
+    teacher = ModelTeacher()
+    assert embed_prepared(source, dest, teacher, progress=False) > 0
+    keys, vectors = load_teacher_parts(dest / "teachers" / "ensemble")
+    with open(dest / "manifest.csv") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    assert sorted(keys) == sorted(rows) and vectors.shape[1] == teacher.dim == 256
+    photos = {s.key: s.path for s in load_samples(source)}
+    verifier = Verifier()
+    for key, vector in list(zip(keys, vectors))[:4]:
+        row, face = rows[key], face_from_manifest(rows[key])
+        photo = load_rgb(photos[row["source"]])
+        (expected,) = verifier.embed_faces([AlignedFace(face, align_templates(photo, face, verifier.templates), 1)])
+        assert float(expected.embedding @ vector.astype(np.float32)) > 0.9999  # fp16-stored parts
+    realigned = tmp_path / "dlib150"
+    assert realign_prepared(dest, source, realigned, DLIB_150, progress=False) == len(rows)
+    assert realign_prepared(dest, source, realigned, DLIB_150, progress=False) == 0  # resumable
+    key = keys[0]
+    crop = cv2.cvtColor(cv2.imread(str(realigned / key)), cv2.COLOR_BGR2RGB)
+    expected = align_face(load_rgb(photos[rows[key]["source"]]), face_from_manifest(rows[key]).landmarks, DLIB_150)
+    assert crop.shape == (150, 150, 3) and np.abs(crop.astype(int) - expected).mean() < 3  # JPEG

@@ -24,6 +24,7 @@ from ..data import load_samples
 from ..detect import Face
 from ..errors import FaceVerifyError
 from ..images import load_rgb
+from ..prepare import face_from_manifest
 
 TEACHERS_DIR = "teachers"  # inside a prepared dataset: teachers/<name>/part-*.npz
 
@@ -35,6 +36,40 @@ class Teacher(Protocol):
 
     def embed(self, photo: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """(len(faces), dim) L2-normalised embeddings of `faces` in one RGB uint8 `photo`."""
+
+
+def embed_faces(teacher: Teacher, photos: Sequence[np.ndarray], faces: Sequence[Face]) -> np.ndarray:
+    """(N, dim) embeddings of one face per photo: in one batch where the teacher takes batches
+    (`embed_batch`), else photo by photo."""
+    if hasattr(teacher, "embed_batch"):
+        return teacher.embed_batch(photos, faces)
+    return np.stack([teacher.embed(photo, [face])[0] for photo, face in zip(photos, faces)])
+
+
+class ModelTeacher:
+    """A faceverify model file as teacher, by default the bundled ensemble (SFace, Apache-2.0 +
+    dlib's ResNet, public domain: a student of it may be redistributed). Each face is aligned to
+    every template the model names, from the recorded landmarks, and embedded in batches on the
+    model's fastest path (the ONNX file). `FACEVERIFY_TEACHER_MODEL` picks another model file."""
+
+    name = "ensemble"
+    ENV = "FACEVERIFY_TEACHER_MODEL"
+
+    def __init__(self, model: str | Path | None = None):
+        from ..verifier import default_model_path, load_embedder
+
+        self._embedder = load_embedder(model or os.environ.get(self.ENV) or default_model_path())
+        metadata = self._embedder.metadata
+        self.dim, self.licence = metadata.embedding_dim, metadata.description
+        self._templates = metadata.templates
+
+    def embed(self, photo: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        return self.embed_batch([photo] * len(faces), faces)
+
+    def embed_batch(self, photos: Sequence[np.ndarray], faces: Sequence[Face]) -> np.ndarray:
+        crops = [np.stack([align_face(photo, face.landmarks, t) for photo, face in zip(photos, faces)])
+                 for t in self._templates]
+        return self._embedder(*crops)
 
 
 class DlibTeacher:
@@ -121,24 +156,13 @@ class MobileFaceNetTeacher:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-TEACHER_FACTORIES = {"dlib": DlibTeacher, "mobilefacenet": MobileFaceNetTeacher}
+TEACHER_FACTORIES = {"dlib": DlibTeacher, "mobilefacenet": MobileFaceNetTeacher, "ensemble": ModelTeacher}
 
 
 def build_teacher(name: str) -> Teacher:
     if name not in TEACHER_FACTORIES:
         raise FaceVerifyError(f"unknown teacher {name!r}; choose one of {sorted(TEACHER_FACTORIES)}")
     return TEACHER_FACTORIES[name]()
-
-
-def face_from_manifest(row: dict) -> Face:
-    """The face `prepare` chose, from its manifest row (box and landmarks columns)."""
-    try:
-        box = np.array(row["box"].split(), np.float32)
-        landmarks = np.array(row["landmarks"].split(), np.float32).reshape(5, 2)
-    except (KeyError, AttributeError, ValueError):
-        raise FaceVerifyError("the prepared manifest has no face geometry (box, landmarks): "
-                              "prepare the dataset again with this version") from None
-    return Face(box, float(row.get("score") or 1.0), landmarks)
 
 
 def embed_prepared(source: str | Path, prepared: str | Path, teacher: Teacher, *,
@@ -166,10 +190,8 @@ def embed_prepared(source: str | Path, prepared: str | Path, teacher: Teacher, *
             images = pending.result()
             if index + 1 < len(parts):
                 pending = pool.submit(decode, parts[index + 1])
-            vectors = np.empty((len(part), teacher.dim), np.float32)
-            for i, (row, image) in enumerate(zip(part, images)):
-                vectors[i] = teacher.embed(image, [face_from_manifest(row)])[0]
-                bar.update(1)
+            vectors = embed_faces(teacher, images, [face_from_manifest(row) for row in part])
+            bar.update(len(part))
             _save_part(out / f"part-{start + index:05d}.npz", [row["path"] for row in part], vectors)
     return len(todo)
 
