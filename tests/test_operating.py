@@ -45,8 +45,8 @@ def calibrated_model(tmp_path_factory, verifier):
     from faceverify.metadata import ALL_PAIRS_ROC
 
     samples = [s for s in load_samples(DATA / "lfw" / "manifest.csv", "dev_eval")][:240]
-    aligned = AlignedIdentities.build(samples, verifier.detector, progress=False)
-    genuine, impostor = aligned.scores(verifier.embed_aligned)
+    aligned = AlignedIdentities.build(samples, verifier.detector, templates=verifier.templates, progress=False)
+    genuine, impostor = aligned.scores(verifier.embed_aligned, verifier.templates)
     path = tmp_path_factory.mktemp("calibrated") / "model.pt"
     shutil.copy(BUNDLED, path)
     thresholds = {**verifier.metadata.thresholds,
