@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from faceverify.models.backbones import ARCHS
+from faceverify.models.members import PRETRAINED_STUDENTS
 from faceverify.train import load_config
 from faceverify.train.augment import AugmentConfig, augment
 from faceverify.train.losses import OBJECTIVES, ObjectiveConfig, build_objective
@@ -85,5 +86,5 @@ def test_augment_keeps_shape_range_and_is_reproducible():
 @pytest.mark.parametrize("recipe", sorted((ROOT / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_parses(recipe):
     cfg = load_config(recipe)  # unknown keys (a typo in a recipe) raise
-    assert cfg.model.arch in ARCHS and cfg.objective.name in OBJECTIVES
+    assert cfg.model.arch in {*ARCHS, *PRETRAINED_STUDENTS} and cfg.objective.name in OBJECTIVES
     assert cfg.mode in MODES and set(cfg.distill.teachers) <= set(TEACHER_FACTORIES)

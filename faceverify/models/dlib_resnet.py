@@ -326,6 +326,14 @@ class DlibResNet(nn.Module):
         x = self.pool(self.blocks(self.stem(x)))
         return self.fc(torch.flatten(x, 1))
 
+    def trunk_parts(self) -> list[nn.Module]:
+        """The stem, then each stage's blocks: what fine-tuning freezes from the input up."""
+        parts, start = [self.stem], 0
+        for _, count, _ in STAGES:
+            parts.append(nn.ModuleList(self.blocks[start:start + count]))
+            start += count
+        return parts
+
     @classmethod
     def from_dat(cls, path: str | Path | None = None) -> DlibResNet:
         """The network with the weights of a dlib .dat file (default: `dlib_model_file()`)."""

@@ -43,6 +43,10 @@ class Embedder(nn.Module):
         self.head = EmbeddingHead(self.trunk.out_channels, embedding_dim,
                                   spatial=self.trunk.out_size, dropout=dropout)
 
+    def trunk_parts(self) -> list[nn.Module]:
+        """The stem, then each residual stage: what fine-tuning freezes from the input up."""
+        return [self.trunk.stem, *self.trunk.stages]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.to(self.head.fc.weight.dtype) - PIXEL_MEAN) / PIXEL_STD  # float32, or float16 if halved
         return F.normalize(self.head(self.trunk(x)).float(), dim=1)

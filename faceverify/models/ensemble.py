@@ -80,6 +80,12 @@ class Ensemble(nn.Module):
         for i, centre in enumerate(centres or [None] * len(specs)):
             self.register_buffer(f"centre_{i}", None if centre is None else torch.as_tensor(centre).float())
 
+    def trunk_parts(self) -> list[nn.Module]:
+        """A one-member model's trunk, stem first (fine-tuning a pretrained student)."""
+        if len(self.networks) != 1 or not hasattr(self.networks[0], "trunk_parts"):
+            raise ModelError("only a one-member model of a trainable network can be fine-tuned")
+        return self.networks[0].trunk_parts()
+
     def member_embeddings(self, *faces: torch.Tensor) -> list[torch.Tensor]:
         """Each member's unit embedding (centred where the member has a centre), unweighted."""
         if len(faces) != len(self.templates):

@@ -97,8 +97,12 @@ def _teacher_targets(dataset, teacher: str, keys: list[str]) -> np.ndarray:
     path; NaN where it has none."""
     folder = _prepared_folder(dataset)
     part_keys, vectors = load_teacher_parts(folder / TEACHERS_DIR / teacher)
+    dim = vectors.shape[1] if part_keys else getattr(TEACHER_FACTORIES[teacher], "dim", None)
+    if dim is None:  # a teacher whose width depends on its model file, and no parts to tell it
+        raise FaceVerifyError(f"{folder}: no {teacher} embeddings; run training/teacher_embed.py "
+                              f"SOURCE {folder} --teacher {teacher} first")
     found = {str(folder / key): vector for key, vector in zip(part_keys, vectors)}
-    targets = np.full((len(keys), TEACHER_FACTORIES[teacher].dim), np.nan, np.float16)
+    targets = np.full((len(keys), dim), np.nan, np.float16)
     for row, key in enumerate(keys):
         if key in found:
             targets[row] = found[key]

@@ -54,6 +54,8 @@ class ModelTeacher:
 
     name = "ensemble"
     ENV = "FACEVERIFY_TEACHER_MODEL"
+    #: the bundled model's; an instance says its own model's (`ModelMetadata.description`)
+    licence = "its members': the bundled ensemble is SFace (Apache-2.0) + dlib's ResNet (public domain)"
 
     def __init__(self, model: str | Path | None = None):
         from ..verifier import default_model_path, load_embedder

@@ -28,7 +28,8 @@ from ..data import read_pairs
 from ..embed import TorchEmbedder
 from ..evaluation import AlignedPairs
 from ..metrics import calibrated_thresholds, verification_report
-from ..models import Embedder, load_checkpoint, save_checkpoint
+from ..models import Embedder, Ensemble, build_metadata, load_checkpoint, save_checkpoint
+from ..models.members import PRETRAINED_STUDENTS, pretrained_student
 from ..models.checkpoint import atomic_save
 from .augment import augment
 from .callbacks import Callback, DevEvaluation, RunLog, StepLogger
@@ -64,9 +65,11 @@ class Trainer:
         self.crops = (torch.from_numpy(np.ascontiguousarray(self.data.crops)).to(self.device)
                       if cfg.data.on_device else self.data.crops)
 
-        self.model = Embedder(cfg.model.arch, cfg.model.embedding_dim, cfg.model.dropout)
+        self.model = build_model(cfg.model)
         self.initialised_from = _init_from(self.model, cfg.init_from) if cfg.init_from else None
         self.frozen = _freeze(self.model, cfg.model.frozen_stages)
+        #: the alignment the model takes (its training crops and dev pairs must match it)
+        self.templates = build_metadata(self.model).templates
         self.model = self.model.to(self.device)
         if cfg.optim.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -106,9 +109,9 @@ class Trainer:
 
     def _method(self):
         cfg = self.cfg
-        objective = (build_objective(cfg.objective, cfg.model.embedding_dim, len(self.data.identities))
+        objective = (build_objective(cfg.objective, self.model.embedding_dim, len(self.data.identities))
                      if self.supervised else None)
-        distillation = (Distillation(cfg.model.embedding_dim,
+        distillation = (Distillation(self.model.embedding_dim,
                                      {name: t.shape[1] for name, t in self.targets.items()}, cfg.distill)
                         if self.targets else None)
         return build_method(cfg.mode, self.model, objective, cfg.ssl, cfg.optim.channels_last,
@@ -243,7 +246,7 @@ class Trainer:
         from ..detect import TorchMTCNN
 
         aligned = AlignedPairs.build(read_pairs(cfg.pairs, cfg.root), TorchMTCNN(device=str(self.device)),
-                                     progress=self.progress)
+                                     templates=self.templates, progress=self.progress)
         if cfg.cache:
             Path(cfg.cache).parent.mkdir(parents=True, exist_ok=True)
             aligned.save(cfg.cache)
@@ -259,7 +262,7 @@ class Trainer:
     def dev_scores(self, pairs: AlignedPairs):
         """(scores, same, folds, valid) of `pairs` with the current weights."""
         with self._inference() as embed:
-            scores, valid = pairs.scores(embed)
+            scores, valid = pairs.scores(embed, self.templates)
         return scores, pairs.same, pairs.folds, valid
 
     @contextmanager
@@ -322,24 +325,37 @@ class Trainer:
             self.evaluation.load_state_dict(state)
 
 
-def _init_from(model: Embedder, path: str) -> dict:
+def build_model(cfg) -> Embedder | Ensemble:
+    """The network a config names: this project's ResNet (`models.ARCHS`, random init) or a
+    pretrained network's converted weights (`models.members.PRETRAINED_STUDENTS`)."""
+    if cfg.arch in PRETRAINED_STUDENTS:
+        return pretrained_student(cfg.arch)
+    return Embedder(cfg.arch, cfg.embedding_dim, cfg.dropout)
+
+
+def _kind(model) -> tuple:
+    metadata = build_metadata(model)
+    return metadata.arch, metadata.embedding_dim, tuple(m["arch"] for m in metadata.members)
+
+
+def _init_from(model: Embedder | Ensemble, path: str) -> dict:
     """Copy a checkpoint's embedder weights into `model` and describe where they came from (a
     pretraining run's projection head is never in its checkpoints: it is dropped by construction)."""
     pretrained, metadata = load_checkpoint(path)
-    if (pretrained.arch, pretrained.embedding_dim) != (model.arch, model.embedding_dim):
-        raise ValueError(f"{path}: a {pretrained.arch} / {pretrained.embedding_dim}-d checkpoint "
-                         f"cannot initialise a {model.arch} / {model.embedding_dim}-d model")
+    if _kind(pretrained) != _kind(model):
+        raise ValueError(f"{path}: a {_kind(pretrained)} checkpoint cannot initialise a {_kind(model)} model")
     model.load_state_dict(pretrained.state_dict())
     return {"file": Path(path).name, "weights_sha256": metadata.weights_sha256,
             "mode": metadata.training.get("mode", "supervised")}
 
 
-def _freeze(model: Embedder, stages: int) -> list[nn.Module]:
+def _freeze(model: Embedder | Ensemble, stages: int) -> list[nn.Module]:
     """Fix the stem and the first `stages` residual stages (fine-tuning: a step then back-propagates
     through the later stages only); returns the frozen modules."""
-    if not 0 <= stages <= len(model.trunk.stages):
-        raise ValueError(f"model.frozen_stages must be 0..{len(model.trunk.stages)}, got {stages}")
-    frozen = [model.trunk.stem, *model.trunk.stages[:stages]] if stages else []
+    parts = model.trunk_parts()
+    if not 0 <= stages < len(parts):
+        raise ValueError(f"model.frozen_stages must be 0..{len(parts) - 1}, got {stages}")
+    frozen = parts[:stages + 1] if stages else []
     for module in frozen:
         module.requires_grad_(False)
     return frozen
