@@ -471,9 +471,47 @@ def cmd_prepare(args) -> int:
     return EXIT_OK
 
 
+def add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="adapt a model to your own people: identity folders in, "
+                                        "fine-tuned, calibrated and exported model out (resumable)")
+    p.add_argument("dataset", type=Path, help="one sub-folder of photos per person (or a manifest.csv)")
+    p.add_argument("--out", required=True, type=Path, help="the fine-tuned checkpoint (.pt; .onnx beside it)")
+    p.add_argument("--base", type=Path, help="checkpoint to start from (default: the bundled model's .pt)")
+    p.add_argument("--work", type=Path, help="stages, checkpoints and the report (default: OUT-finetune/)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--val-fraction", type=float, default=0.3, help="share of identities held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args) -> int:
+    from .bundled import weights_dir
+    from .train.finetune import FinetuneConfig, finetune
+
+    base = args.base or weights_dir() / "faceverify-default.pt"
+    if base.suffix != ".pt":
+        raise FaceVerifyError(f"{base}: fine-tuning starts from a checkpoint (.pt), not {base.suffix or 'that'}")
+    if not args.dataset.exists():
+        raise FaceVerifyError(f"{args.dataset}: no such folder")
+    cfg = FinetuneConfig(steps=args.steps, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed)
+    report = finetune(args.dataset, args.out, base, args.work, cfg, progress=not args.quiet)
+    for name in ("base", "finetuned"):
+        r = report[name]
+        tars = ", ".join(f"TAR@FAR={k}: " + ("n/a" if v is None else f"{v:.4f}") for k, v in r["tar_at_far"].items())
+        print(f"{name}: AUC {r['auc']:.4f}, EER {100 * r['eer']:.2f}%, {tars} "
+              f"({report['val_identities']} held-out identities)", file=sys.stderr)
+    print(f"{args.out} and {args.out.with_suffix('.onnx')} written", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
 #: each verb's `add_*` registers its arguments and handler; plugins add more (the UI adds `serve`)
 VERBS = (add_verify, add_embed, add_evaluate, add_prepare, add_calibrate, add_export, add_enroll,
-         add_identify, add_gallery)
+         add_identify, add_gallery, add_finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:

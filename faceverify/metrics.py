@@ -177,19 +177,32 @@ def all_pairs_report(genuine, impostor, fars=LOW_FARS) -> dict:
 
 def plot_roc(scores, same, path, valid=None, label: str = "model") -> None:
     """Save the ROC curve (log-scale FAR) as a PNG."""
+    scores, same = _as_arrays(scores, same, valid)
+    plot_rocs({label: (scores[same], scores[~same])}, path)
+
+
+def plot_rocs(curves: dict, path, title: str = "") -> None:
+    """Several ROC curves in one PNG (log-scale FAR): {label: (genuine scores, impostor scores)}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fpr, tpr, _ = roc_curve(scores, same, valid)
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
-    ax.plot(np.maximum(fpr, 1e-4), tpr, label=f"{label} (AUC {roc_auc(scores, same, valid):.4f})")
+    lowest = 1.0
+    for label, (genuine, impostor) in curves.items():
+        scores = np.r_[genuine, impostor]
+        same = np.r_[np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]
+        fpr, tpr, _ = roc_curve(scores, same)
+        lowest = min(lowest, 1 / max(len(impostor), 1))
+        ax.plot(np.maximum(fpr, lowest), tpr, label=f"{label} (AUC {roc_auc(scores, same):.4f})")
     ax.set_xscale("log")
-    ax.set_xlim(1e-3, 1)
+    ax.set_xlim(max(lowest, 1e-6), 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false accept rate")
     ax.set_ylabel("true accept rate")
+    if title:
+        ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

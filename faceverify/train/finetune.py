@@ -1,0 +1,193 @@
+"""`faceverify finetune`: adapt a model to a user's own people and cameras in one command.
+
+A folder of identity sub-folders → an identity-disjoint train / validation split → the training
+identities prepared (detected once, aligned to the trainable member's template) → that member
+fine-tuned from the base model's weights with triplet loss and online semi-hard negatives, plus a
+distillation term toward the base member's own embeddings of the same faces, which keeps it from
+forgetting what it knew → the member put back in the base model (other members, e.g. SFace, stay
+as shipped) → thresholds calibrated on every pair of the validation identities → ONNX export →
+a before / after report (AUC, EER, TAR at low FAR, both ROC curves in one plot).
+
+Every stage leaves its result in the work folder and is skipped when rerun, and training
+checkpoints, so a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import load_samples
+from ..errors import FaceVerifyError
+from ..evaluation import AlignedIdentities, all_pairs_scores
+from ..metadata import ALL_PAIRS_ROC
+from ..metrics import all_pairs_report, calibrated_thresholds, plot_rocs
+from ..models import Ensemble, Embedder, load_checkpoint, save_checkpoint, set_thresholds
+from ..models.members import PRETRAINED_STUDENTS
+from ..operating import roc_table
+
+#: below this a split cannot say anything: the validation side needs genuine pairs of several people
+MIN_IDENTITIES, MIN_PHOTOS = 6, 2
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = 300
+    lr: float = 1e-4
+    p: int = 16  # identities per batch (fewer when the training side has fewer)
+    k: int = 4
+    frozen_stages: int = 2
+    distill_weight: float = 1.0
+    margin: float = 0.1
+    val_fraction: float = 0.3
+    seed: int = 0
+
+
+def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str | Path | None = None,
+             cfg: FinetuneConfig | None = None, progress: bool = True) -> dict:
+    """Fine-tune `base` (a .pt checkpoint) on `dataset`; writes `out` (.pt), its .onnx export and
+    `work`/report.json + report.png; returns the report."""
+    from ..detect import OnnxMTCNN
+    from ..export import export_embedder
+    from ..prepare import prepare_dataset
+    from .config import load_config
+    from .teachers import ModelTeacher, embed_prepared
+    from .trainer import Trainer
+
+    cfg, out = cfg or FinetuneConfig(), Path(out)
+    work = Path(work) if work else out.with_name(out.stem + "-finetune")
+    work.mkdir(parents=True, exist_ok=True)
+    base_model, base_meta = load_checkpoint(base)
+    member = trainable_member(base_model)
+    split = identity_split(dataset, work / "split.json", cfg.val_fraction, cfg.seed)
+    init = work / "base-member.pt"
+    if not init.is_file():
+        save_checkpoint(init, one_member(base_model, member), training={"from": str(base)})
+    template = load_checkpoint(init)[1].templates[0]
+    detector = OnnxMTCNN()
+    prepared = work / "prepared"
+    train_manifest = write_manifest(split["train"], work / "train.csv")
+    prepare_dataset(train_manifest, prepared, detector, template=template, progress=progress)
+    # what the base member makes of each training face: the anchor that guards against forgetting
+    embed_prepared(train_manifest, prepared, ModelTeacher(init), progress=progress)
+
+    identities = len(split["train"])
+    train_cfg = load_config(None, [
+        f"out_dir={work / 'run'}", f"init_from={init}", f"seed={cfg.seed}", "checkpoint_every=25",
+        "log_every=10", f"data.datasets=[{prepared}]", f"data.p={min(cfg.p, identities)}", f"data.k={cfg.k}",
+        f"model.arch={base_meta.members[member]['arch'] if base_meta.members else base_meta.arch}",
+        f"model.embedding_dim={base_model.embedding_dim if isinstance(base_model, Embedder) else 128}",
+        f"model.frozen_stages={cfg.frozen_stages}", "objective.name=triplet", "objective.mining=semihard",
+        f"objective.margin={cfg.margin}", "distill.teachers=[ensemble]", f"distill.weight={cfg.distill_weight}",
+        "optim.optimizer=adamw", f"optim.lr={cfg.lr}", f"optim.steps={cfg.steps}",
+        f"optim.warmup_steps={max(1, cfg.steps // 20)}", "optim.precision=fp32", "eval.pairs=null"])
+    trainer = Trainer(train_cfg, resume=True, progress=progress)
+    if not (work / "run" / "final.pt").is_file():
+        trainer.fit()
+    tuned_member, _ = load_checkpoint(work / "run" / "final.pt")
+    tuned = replace_member(base_model, member, tuned_member)
+    training = {"finetune": {**asdict(cfg), "dataset": str(dataset), "base": str(base),
+                             "base_weights_sha256": base_meta.weights_sha256,
+                             "train_identities": sorted(split["train"]), "val_identities": sorted(split["val"])}}
+    save_checkpoint(out, tuned, training=training, half=base_meta.weights_dtype == "float16", flip=base_meta.flip)
+
+    validation = AlignedIdentities.build(load_samples(write_manifest(split["val"], work / "val.csv")),
+                                         detector, templates=base_meta.templates, progress=progress)
+    before, after = evaluate_model(base, validation), evaluate_model(out, validation)
+    plot_rocs({"base model": before.pop("scores"), "fine-tuned": after["scores"]}, work / "report.png",
+              "validation identities, every pair")
+    genuine, impostor = after.pop("scores")
+    report = {"base": before, "finetuned": after, "val_identities": len(split["val"]),
+              "val_photos": int(validation.ok.sum()), "train_identities": identities}
+    set_thresholds(out, {**balanced_thresholds(genuine, impostor, cfg.seed, "validation identities"),
+                         ALL_PAIRS_ROC: {"source": f"finetune validation ({report['val_identities']} identities)",
+                                         "genuine_pairs": int(len(genuine)), "impostor_pairs": int(len(impostor)),
+                                         "columns": ["threshold", "far", "tar", "impostors_accepted"],
+                                         "points": roc_table(genuine, impostor)}}, base_meta.flip)
+    export_embedder(out, out.with_suffix(".onnx"))
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def trainable_member(model) -> int:
+    """Which member fine-tuning trains: the one that is a torch network with converted weights (an
+    ONNX-stored member, like SFace, stays as shipped); 0 for a single own ResNet."""
+    if isinstance(model, Embedder):
+        return 0
+    candidates = [i for i, s in enumerate(model.specs) if s.arch in PRETRAINED_STUDENTS]
+    if not candidates:
+        raise FaceVerifyError(f"no member of this model can be fine-tuned (trainable: {sorted(PRETRAINED_STUDENTS)})")
+    return candidates[0]
+
+
+def one_member(model, member: int):
+    if isinstance(model, Embedder):
+        return model
+    spec = model.specs[member]
+    return Ensemble([model.networks[member]], [spec], [getattr(model, f"centre_{member}")])
+
+
+def replace_member(model, member: int, tuned):
+    if isinstance(model, Embedder):
+        return tuned
+    networks = list(model.networks)
+    networks[member] = tuned.networks[0]
+    return Ensemble(networks, model.specs, [getattr(model, f"centre_{i}") for i in range(len(networks))])
+
+
+def identity_split(dataset, path: Path, val_fraction: float, seed: int) -> dict:
+    """{train: {identity: [photos]}, val: {...}}, identities disjoint; stored so a rerun keeps it."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    by_identity: dict[str, list[str]] = {}
+    for sample in load_samples(dataset):
+        by_identity.setdefault(sample.identity, []).append(str(sample.path.resolve()))
+    usable = sorted(name for name, photos in by_identity.items() if len(photos) >= MIN_PHOTOS)
+    if len(usable) < MIN_IDENTITIES:
+        raise FaceVerifyError(f"{dataset}: {len(usable)} identities with at least {MIN_PHOTOS} photos; "
+                              f"fine-tuning needs {MIN_IDENTITIES} or more (one sub-folder per person)")
+    order = np.random.default_rng(seed).permutation(usable)
+    held = max(2, round(val_fraction * len(order)))
+    split = {"val": {n: by_identity[n] for n in sorted(order[:held])},
+             "train": {n: by_identity[n] for n in sorted(order[held:])}}
+    path.write_text(json.dumps(split, indent=1))
+    return split
+
+
+def write_manifest(people: dict, path: Path) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "identity", "split"])
+        for name, photos in sorted(people.items()):
+            writer.writerows([photo, name, "train"] for photo in photos)
+    return path
+
+
+def evaluate_model(path: Path, validation: AlignedIdentities) -> dict:
+    """All-pairs figures of a model on the validation identities (and its scores, for the ROC)."""
+    from ..embed import TorchEmbedder
+
+    embedder = TorchEmbedder.from_checkpoint(path, "cpu")
+    embeddings = validation.embeddings(embedder, embedder.metadata.templates)[validation.ok]
+    genuine, impostor = all_pairs_scores(embeddings, validation.labels[validation.ok])
+    report = all_pairs_report(genuine, impostor, fars=(1e-2, 1e-3))
+    return {"auc": report["auc"], "eer": report["eer"],
+            "tar_at_far": {k: (v or {}).get("tar") for k, v in report["tar_at_far"].items()},
+            "genuine_pairs": report["genuine_pairs"], "impostor_pairs": report["impostor_pairs"],
+            "scores": (genuine, impostor)}
+
+
+def balanced_thresholds(genuine, impostor, seed: int, source: str) -> dict:
+    """Best-accuracy and FAR 1e-2 thresholds on every genuine pair and as many impostor pairs
+    drawn at random (two folds), as `calibrate` computes them on a pairs file."""
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(impostor, size=min(len(impostor), max(len(genuine), 200)), replace=False)
+    scores = np.r_[genuine, drawn]
+    same = np.r_[np.ones(len(genuine), bool), np.zeros(len(drawn), bool)]
+    folds = rng.integers(0, 2, len(scores))
+    return calibrated_thresholds(scores, same, folds, None, source)
+
