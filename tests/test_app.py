@@ -78,8 +78,11 @@ def test_binds_to_loopback_only(server):
 def test_verify_same_and_different(client):
     from gradio_client import handle_file
 
+    from faceverify.runtime import OnnxEmbedder
+
+    calibrated = OnnxEmbedder(BUNDLED_ONNX).metadata.threshold()
     same = client.predict(handle_file(str(lfw("Abdullah_Gul", 1))), handle_file(str(lfw("Abdullah_Gul", 3))),
-                          0.3, 1, 1, api_name="/verify")
+                          calibrated, 1, 1, api_name="/verify")
     assert "Same person" in same[0]
     threshold = float(same[0].split("threshold ")[1].split(" ")[0])
     different = client.predict(handle_file(str(lfw("Abdullah_Gul", 1))),

@@ -333,9 +333,11 @@ def build_model(cfg) -> Embedder | Ensemble:
     return Embedder(cfg.arch, cfg.embedding_dim, cfg.dropout)
 
 
-def _kind(model) -> tuple:
+def _kind(model) -> str:
+    """What must match for one model's weights to initialise another, e.g. "resnet18 / 512-d"."""
     metadata = build_metadata(model)
-    return metadata.arch, metadata.embedding_dim, tuple(m["arch"] for m in metadata.members)
+    members = "+".join(m["arch"] for m in metadata.members)
+    return f"{metadata.arch}{f' ({members})' if members else ''} / {metadata.embedding_dim}-d"
 
 
 def _init_from(model: Embedder | Ensemble, path: str) -> dict:
