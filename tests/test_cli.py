@@ -86,6 +86,7 @@ def test_evaluate_csv_pairs(tmp_path):
     assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # a CLI subprocess on the torch path: runs in the full suite
 def test_calibrating_with_flip_makes_it_the_models_default(tmp_path):
     from faceverify.models import load_checkpoint
 
@@ -104,6 +105,7 @@ def test_calibrating_with_flip_makes_it_the_models_default(tmp_path):
         assert json.loads((tmp_path / "m.json").read_text())["flip"] is flipped, flag
 
 
+@pytest.mark.slow  # a CLI subprocess on the torch path: runs in the full suite
 def test_prepare_lists_failures(tmp_path):
     src = tmp_path / "src"
     (src / "Aaron_Peirsol").mkdir(parents=True)
@@ -118,6 +120,7 @@ def test_prepare_lists_failures(tmp_path):
     assert "already done 3" in done.stderr
 
 
+@pytest.mark.slow  # a CLI subprocess on the torch path: runs in the full suite
 def test_prepare_never_writes_over_its_sources(tmp_path):
     """Crops land under the destination even when a manifest lists absolute paths, and a
     destination that would replace the photos themselves is refused."""

@@ -124,6 +124,7 @@ def test_two_concurrent_writers(location, verifier, tmp_path):
         assert [n for n, _, _ in gallery.identities()] == ["Writer One", "Writer Two"]
 
 
+@pytest.mark.slow  # a CLI subprocess on the torch path: runs in the full suite
 def test_command_line_takes_either_location(location):
     """`--gallery` is a file path or a postgresql:// URL (not folded into a path)."""
     model = ("--gallery", location, "--model", str(BUNDLED))

@@ -55,6 +55,7 @@ def calibrated_model(tmp_path_factory, verifier):
     return path
 
 
+@pytest.mark.slow  # its fixture embeds 240 photos on the torch path: runs in the full suite
 def test_gallery_threshold_follows_its_size(calibrated_model, tmp_path):
     from faceverify import Verifier
     from faceverify.gallery import Gallery
