@@ -35,6 +35,20 @@ def test_cosine_term_is_one_minus_mean_cosine():
 
 
 @pytest.mark.data_free
+def test_an_anchor_holds_embeddings_where_the_base_model_put_them():
+    """`anchor`: no projector, no fitting: the term is 1 − cos(student, base) itself."""
+    rng = np.random.default_rng(2)
+    student, base = torch.tensor(rng.normal(size=(6, 4))), torch.tensor(rng.normal(size=(6, 4)))
+    anchor = Distillation(4, {"base": 4}, DistillConfig(teachers=["base"], anchor=True))
+    assert anchor.fit_projectors(student, {"base": base}) == {}
+    loss, stats = anchor(student, {"base": base})
+    assert float(loss) == pytest.approx(float(cosine_term(student, base)), abs=1e-9)
+    assert float(anchor(base, {"base": base})[0]) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match="student's 4-d space"):
+        Distillation(4, {"base": 8}, DistillConfig(teachers=["base"], anchor=True))
+
+
+@pytest.mark.data_free
 def test_relation_term_is_one_minus_correlation_of_pairwise_cosines():
     rng = np.random.default_rng(2)
     student, teacher = rng.normal(size=(9, 6)), rng.normal(size=(9, 4))

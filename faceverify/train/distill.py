@@ -12,6 +12,10 @@ Two terms per teacher, each with its weight in the config:
 Faces a teacher has no embedding for carry NaN targets and are left out of that teacher's terms.
 Targets are centred first (`centred`): dlib's embeddings all lie in a narrow cone (two random faces
 score 0.83), and uncentred, the cosine term would mostly teach that cone's axis.
+
+`anchor`: the "teacher" is the student's own starting point (fine-tuning that must not forget):
+the targets live in the student's space, so they are neither centred nor projected, and the
+cosine term holds each face's embedding where the base model put it.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ class DistillConfig:
     teachers: list = field(default_factory=list)  # e.g. [dlib]: DATASET/teachers/<name>/ targets
     weight: float = 1.0  # cosine term, per teacher
     relation_weight: float = 0.0  # relational term, per teacher
+    anchor: bool = False  # targets are the base model's own embeddings: no centring, no projector
 
 
 class Distillation(nn.Module):
@@ -37,7 +42,9 @@ class Distillation(nn.Module):
     def __init__(self, student_dim: int, teacher_dims: dict[str, int], cfg: DistillConfig):
         super().__init__()
         self.weight, self.relation_weight = cfg.weight, cfg.relation_weight
-        self.projectors = nn.ModuleDict({name: nn.Linear(student_dim, dim, bias=False)
+        if cfg.anchor and any(dim != student_dim for dim in teacher_dims.values()):
+            raise ValueError(f"an anchor must live in the student's {student_dim}-d space, not {teacher_dims}")
+        self.projectors = nn.ModuleDict({name: nn.Identity() if cfg.anchor else nn.Linear(student_dim, dim, bias=False)
                                          for name, dim in teacher_dims.items()})
 
     def forward(self, student: torch.Tensor, targets: dict[str, torch.Tensor]):
@@ -69,6 +76,8 @@ class Distillation(nn.Module):
         student = F.normalize(student.float(), dim=1)
         fitted = {}
         for name, projector in self.projectors.items():
+            if isinstance(projector, nn.Identity):  # an anchor: nothing to fit
+                continue
             target = targets[name].float()
             present = ~torch.isnan(target).any(dim=1)
             s, t = student[present], F.normalize(target[present], dim=1)

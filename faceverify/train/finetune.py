@@ -80,7 +80,7 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
         f"model.arch={base_meta.members[member]['arch'] if base_meta.members else base_meta.arch}",
         f"model.embedding_dim={base_model.embedding_dim if isinstance(base_model, Embedder) else 128}",
         f"model.frozen_stages={cfg.frozen_stages}", "objective.name=triplet", "objective.mining=semihard",
-        f"objective.margin={cfg.margin}", "distill.teachers=[ensemble]", f"distill.weight={cfg.distill_weight}",
+        f"objective.margin={cfg.margin}", "distill.teachers=[ensemble]", "distill.anchor=true", f"distill.weight={cfg.distill_weight}",
         "optim.optimizer=adamw", f"optim.lr={cfg.lr}", f"optim.steps={cfg.steps}",
         f"optim.warmup_steps={max(1, cfg.steps // 20)}", "optim.precision=fp32", "eval.pairs=null"])
     trainer = Trainer(train_cfg, resume=True, progress=progress)

@@ -60,7 +60,8 @@ class Trainer:
         self.data = load_face_array(cfg.data.datasets, cfg.data.cache_dir,
                                     cfg.data.min_images if self.supervised else 1,
                                     progress=progress and self.is_main, teachers=cfg.distill.teachers)
-        self.targets = {name: torch.from_numpy(centred(array)) for name, array in self.data.teachers.items()}
+        prepare_targets = (lambda a: a.astype(np.float32)) if cfg.distill.anchor else centred
+        self.targets = {name: torch.from_numpy(prepare_targets(array)) for name, array in self.data.teachers.items()}
         self.batches, self.labels = self._batches()
         self.crops = (torch.from_numpy(np.ascontiguousarray(self.data.crops)).to(self.device)
                       if cfg.data.on_device else self.data.crops)
@@ -75,7 +76,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_module = self._method().to(self.device)
         resuming = resume and (self.out / STATE_FILE).is_file()
-        if self.targets and not resuming:  # before DDP wraps it: every rank fits the same sample
+        if self.targets and not resuming and not cfg.distill.anchor:  # before DDP wraps it: every rank fits the same sample
             self._fit_projectors()
         if cfg.optim.compile:
             self.step_module.model = torch.compile(self.model)
