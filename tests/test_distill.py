@@ -42,7 +42,7 @@ def test_an_anchor_holds_embeddings_where_the_base_model_put_them():
     anchor = Distillation(4, {"base": 4}, DistillConfig(teachers=["base"], anchor=True))
     assert anchor.fit_projectors(student, {"base": base}) == {}
     loss, stats = anchor(student, {"base": base})
-    assert float(loss) == pytest.approx(float(cosine_term(student, base)), abs=1e-9)
+    assert float(loss) == pytest.approx(float(cosine_term(student, base)), abs=1e-6)  # float32 inside
     assert float(anchor(base, {"base": base})[0]) == pytest.approx(0, abs=1e-6)
     with pytest.raises(ValueError, match="student's 4-d space"):
         Distillation(4, {"base": 8}, DistillConfig(teachers=["base"], anchor=True))
