@@ -31,7 +31,7 @@ from .command import DEFAULT_GALLERY
 MAX_UPLOAD = "10mb"
 CONCURRENCY = 2
 MODEL_CARD = weights_dir() / "MODEL_CARD.md"
-CROP_ZOOM = 2  # aligned 112×112 crops are shown at 224×224
+CROP_ZOOM = 2  # aligned crops (the first template of the model, e.g. 112×112) are shown twice as large
 
 
 def user_error(message: str) -> gr.Error:
@@ -147,14 +147,17 @@ class FaceApp:
         if not files:
             raise user_error("Add at least one photo.")
         uploads = [f if isinstance(f, str) else f.name for f in files]
-        kept = {str(self.keep_photo(p)): Path(p).name for p in uploads}
         try:
+            kept = [str(self.keep_photo(p)) for p in uploads]
             with self.gallery() as gallery, self._lock:
-                report = gallery.enroll(name, list(kept), list(kept))
+                report = gallery.enroll(name, kept, kept)
         except FaceVerifyError as exc:
             raise user_error(str(exc)) from None
-        rows = [[kept[s], "added", ""] for s in report.added] + \
-               [[kept[s], "rejected", why] for s, why in report.rejected]
+        except OSError as exc:
+            raise user_error(f"Could not keep the photo beside the gallery: {exc.strerror}.") from None
+        shown = dict(zip(kept, (Path(p).name for p in uploads)))  # the user's file names, not ours
+        rows = [[shown[s], "added", ""] for s in report.added] + \
+               [[shown[s], "rejected", why.replace(s, shown[s])] for s, why in report.rejected]
         summary = f"{len(report.added)} photo(s) added to **{name.strip()}**, {len(report.rejected)} rejected."
         return summary, rows, self.identity_rows()
 
@@ -166,8 +169,10 @@ class FaceApp:
         folder = self.gallery_path.with_name(self.gallery_path.name + ".photos")
         folder.mkdir(parents=True, exist_ok=True)
         kept = folder / (hashlib.sha256(data).hexdigest()[:32] + Path(upload).suffix.lower())
-        if not kept.is_file():
-            kept.write_bytes(data)
+        if not kept.is_file():  # written whole or not at all: the name is the content's digest
+            partial = kept.with_name(kept.name + f".{os.getpid()}.tmp")
+            partial.write_bytes(data)
+            os.replace(partial, kept)
         return kept.resolve()
 
     def identity_rows(self):
@@ -238,7 +243,7 @@ def build(app: FaceApp) -> gr.Blocks:
             with gr.Row():
                 shown_a = gr.Image(label="Faces found in A", interactive=False)
                 shown_b = gr.Image(label="Faces found in B", interactive=False)
-            crops = gr.Image(label="Aligned faces that were compared (112×112, shown ×2)",
+            crops = gr.Image(label="Aligned faces that were compared (shown ×2)",
                              interactive=False, elem_id="aligned-crops")
             threshold.change(app.threshold_meaning, threshold, meaning, api_name=False)
             verify_button.click(app.verify, [image_a, image_b, threshold, pick_a, pick_b],

@@ -34,13 +34,14 @@ def gpu_available() -> bool:
     return has_torch and has_ort
 
 
-def embedders(model: str, fp16_onnx: Path, gpu: bool, largest_batch: int):
+def embedders(model: str, fp16_onnx: Path | None, gpu: bool, largest_batch: int):
     """(runtime, precision, device, embedder) for every combination this machine runs."""
     for device in ("cpu", "cuda") if gpu else ("cpu",):
         yield "torch", "fp32", device, TorchEmbedder.from_checkpoint(f"{model}.pt", device, largest_batch)
         providers = [CUDA_EP, "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         for precision, path in (("fp32", Path(f"{model}.onnx")), ("fp16", fp16_onnx)):
-            yield "onnxruntime", precision, device, OnnxEmbedder(path, providers, largest_batch)
+            if path is not None:
+                yield "onnxruntime", precision, device, OnnxEmbedder(path, providers, largest_batch)
 
 
 def main() -> None:
@@ -53,18 +54,25 @@ def main() -> None:
     photos = lfw_photos(64)
     images = [load_rgb(p) for p in photos]
     torch_detector = TorchMTCNN(device="cpu")
-    crops = np.stack([r.crop for r in detect_and_align(images, torch_detector, "central", list(map(str, photos)))])
-    crops = np.concatenate([crops] * -(-max(args.batches) // len(crops)))
+    fp32 = OnnxEmbedder(f"{args.model}.onnx")
+    faces = detect_and_align(images, torch_detector, "central", list(map(str, photos)), fp32.metadata.templates)
+    repeat = -(-max(args.batches) // len(faces))
+    crops = [np.concatenate([np.stack(c)] * repeat) for c in zip(*(f.crops for f in faces))]
     gpu = gpu_available()
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        fp16_onnx = Path(tmp) / "fp16.onnx"
-        export_embedder(f"{args.model}.pt", fp16_onnx, precision="fp16")
-        reference = OnnxEmbedder(f"{args.model}.onnx")(crops[:64])
+        fp16_onnx = None
+        if fp32.metadata.members:  # fp16 compute is exported for single networks
+            print("fp16 rows skipped: the model is an ensemble (its fp16-stored weights run in fp32)")
+        else:
+            fp16_onnx = Path(tmp) / "fp16.onnx"
+            export_embedder(f"{args.model}.pt", fp16_onnx, precision="fp16")
+        reference = fp32(*(c[:64] for c in crops))
         for runtime, precision, device, embedder in embedders(args.model, fp16_onnx, gpu, max(args.batches)):
-            cosine = float((embedder(crops[:64]) * reference).sum(axis=1).min())
-            speeds = [batch / median_seconds(lambda: embedder(crops[:batch]), repeat=7 if batch == 1 else 3)
+            cosine = float((embedder(*(c[:64] for c in crops)) * reference).sum(axis=1).min())
+            speeds = [batch / median_seconds(lambda: embedder(*(c[:batch] for c in crops)),
+                                             repeat=7 if batch == 1 else 3)
                       for batch in args.batches]
             rows.append([runtime, precision, device, f"{cosine:.5f}", *speeds])
     table(f"embedding, images/s by batch size ({args.threads} CPU threads); cosine = lowest cosine to "

@@ -22,17 +22,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, table
-from tqdm import tqdm
+from common import ROOT, embed_prepared_faces, table
 
 from faceverify.data import load_samples
-from faceverify.detect import AlignedFace
-from faceverify.detect.aligned import align_templates
 from faceverify.evaluation import AlignedIdentities
 from faceverify.gallery.gallery import DEFAULT_FPIR
-from faceverify.images import load_rgb
 from faceverify.operating import describe, far_for_fpir, threshold_for_far
-from faceverify.prepare import face_from_manifest
 from faceverify.verifier import Verifier
 
 LFW = ROOT.parent / "shared" / "data" / "lfw"
@@ -66,14 +61,8 @@ def distractors(verifier: Verifier, prepared: Path, photos: Path, count: int, se
             by_identity.setdefault(row["identity"], []).append(row)
     eligible = sorted(name for name, rows in by_identity.items() if len(rows) >= 2)
     picked = np.random.default_rng(seed).choice(eligible, size=min(count, len(eligible)), replace=False)
-    paths = {sample.key: sample.path for sample in load_samples(photos)}
     rows = [row for name in picked for row in by_identity[name][:2]]
-    faces = []
-    for row in tqdm(rows, desc="distractors", unit="face"):
-        face = face_from_manifest(row)
-        faces.append(AlignedFace(face, align_templates(load_rgb(paths[row["source"]]), face, verifier.templates), 1))
-    vectors = np.concatenate([[f.embedding for f in verifier.embed_faces(faces[i:i + 256])]
-                              for i in range(0, len(faces), 256)])
+    vectors = embed_prepared_faces(verifier, rows, photos)
     return np.stack([templates(pair) for pair in vectors.reshape(len(picked), 2, -1)])
 
 

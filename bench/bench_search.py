@@ -1,8 +1,8 @@
 """1:N search on real face templates at up to 1M: exact numpy beside FAISS IVF (nprobe sweep) and
 HNSW (efSearch sweep); recall@1 against exact search and milliseconds per single query.
 
-Real templates: the bundled model's embeddings of prepared crops (e.g. the extra set), cached in
-`--cache`. A gallery larger than the real set is filled with synthetic templates drawn from a
+Real templates: the bundled model's embeddings of prepared faces (e.g. the extra set, aligned from
+their source photos with the landmarks `prepare` recorded), cached in `--cache`. A gallery larger than the real set is filled with synthetic templates drawn from a
 Gaussian fitted to the real ones (their mean and full covariance, then L2-normalised), so it keeps
 the real templates' anisotropy, which uniform random vectors lack and which IVF and HNSW exploit.
 Two kinds of real query, kept out of every gallery: *mated* ones (another photo of someone with a
@@ -10,38 +10,31 @@ template in the gallery: what identification is for) and *non-mated* ones (peopl
 gallery, whose nearest template is some stranger at a low score: the hard case for approximate
 search, and one the threshold rejects anyway).
 
-    python bench/bench_search.py PREPARED_DIR --cache search-templates.npy [--sizes 20000 100000 1000000]
+    python bench/bench_search.py PREPARED_DIR PHOTOS_DIR --cache search-templates.npy [--sizes 20000 100000 1000000]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
-from tqdm import tqdm
 
-from common import table
-from faceverify.data import load_samples
-from faceverify.gallery.index import FaissIndex, NumpyIndex, ann_settings
-from faceverify.runtime import OnnxEmbedder
+from common import embed_prepared_faces, table
 from faceverify.bundled import weights_dir
+from faceverify.gallery.index import FaissIndex, NumpyIndex, ann_settings
+from faceverify.verifier import Verifier
 
 
-def real_templates(samples: list, cache: Path | None) -> np.ndarray:
-    """Embeddings of prepared crops (bundled ONNX model), cached."""
-    count = len(samples)
+def real_templates(rows: list[dict], photos: Path, cache: Path | None) -> np.ndarray:
+    """The bundled ONNX model's embeddings of prepared faces (from their source photos), cached."""
+    count = len(rows)
     if cache and cache.is_file():
         templates = np.load(cache)
         if len(templates) >= count:
             return templates[:count]
-    embedder = OnnxEmbedder(weights_dir() / "faceverify-default.onnx")
-    out = []
-    for start in tqdm(range(0, len(samples), 256), desc="embed", unit="batch"):
-        crops = np.stack([cv2.imread(str(s.path))[:, :, ::-1] for s in samples[start:start + 256]])
-        out.append(embedder(crops))
-    templates = np.concatenate(out)
+    templates = embed_prepared_faces(Verifier(weights_dir() / "faceverify-default.onnx"), rows, photos)
     if cache:
         np.save(cache, templates)
     return templates
@@ -71,6 +64,7 @@ def per_query_ms(index, queries: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prepared", type=Path, help="a prepared folder (faceverify prepare)")
+    parser.add_argument("photos", type=Path, help="the photos it was prepared from")
     parser.add_argument("--cache", type=Path, help=".npy of its embeddings, written on first use")
     parser.add_argument("--real", type=int, default=20_200, help="real crops embedded (gallery + queries)")
     parser.add_argument("--queries", type=int, default=200, help="of each kind, mated and non-mated")
@@ -81,9 +75,10 @@ def main() -> None:
                         help="largest gallery to build HNSW for (its build is slow on 2 cores)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    samples = load_samples(args.prepared)[:args.real]
-    templates = real_templates(samples, args.cache)
-    gallery_rows, queries = split_queries([s.identity for s in samples], args.queries, rng)
+    with open(args.prepared / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))[:args.real]
+    templates = real_templates(rows, args.photos, args.cache)
+    gallery_rows, queries = split_queries([row["identity"] for row in rows], args.queries, rng)
     real = templates[gallery_rows]
     print(f"{len(real):,} real templates; real queries outside every gallery: "
           + ", ".join(f"{len(rows)} {kind}" for kind, rows in queries.items()))

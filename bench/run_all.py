@@ -16,7 +16,7 @@ if __name__ == "__main__":
         for script, args in [("bench_cli.py", []), ("bench_inference.py", []), ("bench_pipeline.py", []),
                              ("bench_gallery.py", []),
                              # real templates from ORL here; the README's figures use the extra set
-                             ("bench_search.py", [str(orl), "--real", "400", "--queries", "10",
+                             ("bench_search.py", [str(orl), str(DATA / "orl"), "--real", "400", "--queries", "10",
                                                   "--sizes", "1000", "100000"]),
                              ("bench_training.py", [str(orl)]),
                              ("bench_openset.py", ["--counts", "0", "--plot", str(Path(tmp) / "openset.png")])]:

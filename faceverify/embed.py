@@ -12,6 +12,7 @@ import torch
 
 from .metadata import ModelMetadata
 from .models import build_metadata, load_checkpoint
+from .runtime import check_crops
 
 
 class TorchEmbedder:
@@ -35,6 +36,7 @@ class TorchEmbedder:
 
     @torch.inference_mode()
     def __call__(self, *crops: np.ndarray) -> np.ndarray:
+        check_crops(crops, self.metadata.templates)
         count = len(crops[0])
         out = np.empty((count, self.metadata.embedding_dim), dtype=np.float32)
         for start in range(0, count, self.batch_size):

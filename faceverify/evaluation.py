@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .align import ARCFACE_112, TEMPLATES, Template
+from .align import ARCFACE_112, Template
 from .data import Pair
 from .detect import Detector
 from .errors import FaceVerifyError, ModelError
@@ -55,7 +55,7 @@ def load_crops(z) -> tuple[tuple[np.ndarray, ...], tuple[Template, ...]]:
     names = z["templates"].tolist() if "templates" in z else []
     if not names:
         raise ModelError("an aligned-crops cache from an older version: delete it to rebuild")
-    return tuple(z[f"crops_{i}"] for i in range(len(names))), tuple(TEMPLATES[n] for n in names)
+    return tuple(z[f"crops_{i}"] for i in range(len(names))), tuple(Template.from_dict({"name": n}) for n in names)
 
 
 class _Crops:

@@ -199,7 +199,7 @@ def _set_metadata(proto, metadata: dict) -> None:
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    for key in ("arch", "embedding_dim", "input_size", "weights_sha256"):
+    for key in ("arch", "embedding_dim", "weights_sha256"):
         if key in metadata:
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, str(metadata[key])

@@ -36,7 +36,7 @@ class ModelMetadata:
     weights_dtype: str = "float32"
     onnx: dict | None = None  # opset and input dtype, in an exported file
     #: an ensemble's networks, each {name, arch, embedding_dim, template, weight, licence, source,
-    #: sha256}: the embedding concatenates their unit embeddings scaled by √weight (`models.ensemble`)
+    #: source_sha256}: the embedding concatenates their unit embeddings scaled by √weight (`models.ensemble`)
     members: list = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 

@@ -61,6 +61,16 @@ def create_session(path: str | Path, providers: list[str] | None = None, threads
     return session
 
 
+def check_crops(crops, templates) -> None:
+    """One (N, size, size, 3) array per template, in the model's order, or `ModelError`: crops
+    aligned to another template would give wrong embeddings without any error."""
+    shapes = [tuple(np.shape(c)[1:]) for c in crops]
+    wanted = [(t.size, t.size, 3) for t in templates]
+    if shapes != wanted or len({len(c) for c in crops}) > 1:
+        raise ModelError(f"the model takes crops aligned to {[t.name for t in templates]} "
+                         f"(shapes {wanted}), got {shapes}")
+
+
 class OnnxEmbedder:
     """The exported embedder: uint8 RGB crops, one (N, size, size, 3) array per template of the
     model (the graph's inputs, in order) → (N, dim) float32, like `TorchEmbedder`
@@ -82,6 +92,7 @@ class OnnxEmbedder:
         self._dtypes = [np.uint8 if i.type == "tensor(uint8)" else np.float32 for i in self.inputs]
 
     def __call__(self, *crops: np.ndarray) -> np.ndarray:
+        check_crops(crops, self.metadata.templates)
         count = len(crops[0])
         out = [self.session.run(None, {i.name: c[start:start + self.batch_size].astype(t, copy=False)
                                        for i, c, t in zip(self.inputs, crops, self._dtypes)})[0]

@@ -183,7 +183,9 @@ class Gallery:
         """Add the usable images of one person, all or nothing (one transaction)."""
         images = list(images)
         sources = list(sources) if sources is not None else [
-            str(img) if isinstance(img, (str, Path)) else f"image {i + 1}" for i, img in enumerate(images)]
+            # absolute: a gallery is re-embedded from its sources when its model changes (`upgrade`)
+            str(Path(img).absolute()) if isinstance(img, (str, Path)) else f"image {i + 1}"
+            for i, img in enumerate(images)]
         if len(sources) != len(images):
             raise ValueError(f"{len(images)} images but {len(sources)} sources")
         (report,) = self._enroll_people([(name, images, sources)])
@@ -195,7 +197,7 @@ class Gallery:
         each person's photos committed in a transaction of their own."""
         by_identity: dict[str, list] = {}
         for sample in load_samples(source):
-            by_identity.setdefault(sample.identity, []).append(sample.path)
+            by_identity.setdefault(sample.identity, []).append(sample.path.absolute())
         reports = []
         with tqdm(total=sum(map(len, by_identity.values())), desc="enroll", unit="image",
                   disable=not progress) as bar:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..errors import FaceVerifyError, GalleryBusyError
+from ..errors import FaceVerifyError, GalleryBusyError, GalleryError
 from ..pipeline import BATCH_IMAGES, decode_ahead
 from .gallery import _groups, default_threshold, encode_thumbnail, face_quality, image_digest
 from .store import open_store
@@ -91,6 +91,12 @@ def upgrade_gallery(location, verifier, drop_missing: bool = False, progress: bo
                 report.problems = store.staged_problems()
                 if report.problems and not drop_missing:
                     return report
+                if report.problems and len(report.problems) >= store.image_count():
+                    # e.g. sources recorded relative to another working directory: dropping them
+                    # all would leave an empty gallery on the new model
+                    raise GalleryError(f"{store.path}: none of the gallery's {store.image_count()} photos "
+                                       "could be re-embedded (first: "
+                                       f"{' / '.join(report.problems[0])}); nothing dropped, nothing switched")
                 switched = store.finish_upgrade(target.weights_sha256, target.embedding_dim,
                                                 default_threshold(target), drop_missing)
                 if switched is not None:

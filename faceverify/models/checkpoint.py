@@ -82,11 +82,15 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder | E
     except Exception as exc:  # unpickling errors come in many classes
         raise ModelError(f"{path}: not a faceverify checkpoint ({exc.__class__.__name__})") from None
     metadata = ModelMetadata.from_json(text, str(path))
-    if metadata.members:
-        model = ensemble_from_state([MemberSpec.from_dict(m) for m in metadata.members], state)
-    else:
-        model = Embedder(metadata.arch, metadata.embedding_dim)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    try:
+        if metadata.members:
+            model = ensemble_from_state([MemberSpec.from_dict(m) for m in metadata.members], state)
+        else:
+            model = Embedder(metadata.arch, metadata.embedding_dim)
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (KeyError, RuntimeError, ValueError) as exc:  # metadata and tensors that do not fit
+        raise ModelError(f"{path}: damaged or inconsistent checkpoint ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
     return model.to(device).eval(), metadata
 
 

@@ -5,7 +5,7 @@ The file is `face_recognition_sface_2021dec_int8bq.onnx` (10.7 MB) from OpenCV Z
 whose 29 Conv/Gemm weights are stored "int8 block quantised": int8 initializers with per-block
 float scales and int8 zero points, expanded at run time by `DequantizeLinear(block_size=...)`
 (opset 21). It takes an aligned face, (N, 3, 112, 112) float32 RGB 0..255 NCHW, aligned to the
-ArcFace 112×112 five-point template (`faceverify.align.TEMPLATE`, the same points as OpenCV's
+ArcFace 112×112 five-point template (`faceverify.align.ARCFACE_112`, the same points as OpenCV's
 `FaceRecognizerSF.alignCrop`), normalises it inside the graph ((x − 127.5) / 128), and returns a
 128-d embedding that is not L2-normalised (OpenCV's `match` normalises before the cosine).
 OpenCV feeds it `blobFromImage(bgr, 1, (112, 112), 0, swapRB=True)`, hence RGB.
@@ -240,7 +240,11 @@ def to_torch(model_bytes_or_proto, opset: int = 17):
     """A torch module (eval mode) of the fp32 graph: takes (N, 3, 112, 112) RGB 0..255 as float
     or uint8 and returns (N, 128). Repairs (idempotent), dequantises, converts the opset to 17
     and converts with onnx2torch."""
-    import onnx2torch
+    try:
+        import onnx2torch
+    except ImportError:
+        raise ModelError("SFace on the torch path needs onnx2torch: pip install 'faceverify[torch]' "
+                         "(or use the .onnx model)") from None
     import torch
     from onnx import version_converter
 

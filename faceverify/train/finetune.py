@@ -60,6 +60,8 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
     work = Path(work) if work else out.with_name(out.stem + "-finetune")
     work.mkdir(parents=True, exist_ok=True)
     base_model, base_meta = load_checkpoint(base)
+    claim_work(work / "finetune.json", {"dataset": str(Path(dataset).resolve()), "base": base_meta.weights_sha256,
+                                        **asdict(cfg)})
     member = trainable_member(base_model)
     split = identity_split(dataset, work / "split.json", cfg.val_fraction, cfg.seed)
     init = work / "base-member.pt"
@@ -73,12 +75,12 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
     # what the base member makes of each training face: the anchor that guards against forgetting
     embed_prepared(train_manifest, prepared, ModelTeacher(init), progress=progress)
 
-    identities = len(split["train"])
+    identities = prepared_identities(prepared / "manifest.csv", cfg.k)
     train_cfg = load_config(None, [
         f"out_dir={work / 'run'}", f"init_from={init}", f"seed={cfg.seed}", "checkpoint_every=25",
         "log_every=10", f"data.datasets=[{prepared}]", f"data.p={min(cfg.p, identities)}", f"data.k={cfg.k}",
         f"model.arch={base_meta.members[member]['arch'] if base_meta.members else base_meta.arch}",
-        f"model.embedding_dim={base_model.embedding_dim if isinstance(base_model, Embedder) else 128}",
+        f"model.embedding_dim={base_meta.members[member]['embedding_dim'] if base_meta.members else base_meta.embedding_dim}",
         f"model.frozen_stages={cfg.frozen_stages}", "objective.name=triplet", "objective.mining=semihard",
         f"objective.margin={cfg.margin}", "distill.teachers=[ensemble]", "distill.anchor=true", f"distill.weight={cfg.distill_weight}",
         "optim.optimizer=adamw", f"optim.lr={cfg.lr}", f"optim.steps={cfg.steps}",
@@ -109,6 +111,33 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
     export_embedder(out, out.with_suffix(".onnx"))
     (work / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def claim_work(path: Path, run: dict) -> None:
+    """A work folder serves one fine-tune (dataset, base model, settings): a rerun of the same one
+    resumes, another one is refused rather than mixed with it."""
+    if path.is_file():
+        if json.loads(path.read_text()) != json.loads(json.dumps(run)):
+            raise FaceVerifyError(f"{path.parent} holds a fine-tune of another dataset, base model or "
+                                  "settings; give another --work (or delete it to start again)")
+        return
+    path.write_text(json.dumps(run, indent=1))
+
+
+def prepared_identities(manifest: Path, k: int) -> int:
+    """How many training identities kept at least 2 faces after detection (a P×K batch draws from
+    those); too few is an input problem, said as such."""
+    import csv
+
+    with open(manifest, newline="") as fh:
+        counts: dict[str, int] = {}
+        for row in csv.DictReader(fh):
+            counts[row["identity"]] = counts.get(row["identity"], 0) + 1
+    usable = sum(n >= MIN_PHOTOS for n in counts.values())
+    if usable < 2:
+        raise FaceVerifyError(f"only {usable} training identities have {MIN_PHOTOS} or more photos with a "
+                              "face found: add photos (or people) to fine-tune")
+    return usable
 
 
 def trainable_member(model) -> int:

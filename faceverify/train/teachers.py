@@ -1,7 +1,7 @@
 """Distillation teachers: other face models whose embeddings become training targets.
 
-A teacher embeds a face *from the original photo* with its own alignment (never our 112×112 crop,
-which is framed for the student), located by the box and landmarks `prepare` recorded, so that
+A teacher embeds a face *from the original photo* with its own alignment (never the student's
+crop, which is framed for the student), located by the box and landmarks `prepare` recorded, so that
 teacher and student see the same face. `embed_prepared` runs a teacher over a prepared dataset and
 stores the vectors beside its crops, keyed by crop path, in atomically written parts: a killed run
 loses at most one part and a rerun continues. Teacher packages (dlib, ncnn) are an optional extra,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,6 +64,7 @@ class ModelTeacher:
         self._embedder = load_embedder(model or os.environ.get(self.ENV) or default_model_path())
         metadata = self._embedder.metadata
         self.dim, self.licence = metadata.embedding_dim, metadata.description
+        self.weights_sha256 = metadata.weights_sha256
         self._templates = metadata.templates
 
     def embed(self, photo: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
@@ -177,6 +179,8 @@ def embed_prepared(source: str | Path, prepared: str | Path, teacher: Teacher, *
         rows = list(csv.DictReader(fh))
     out = prepared / TEACHERS_DIR / teacher.name
     out.mkdir(parents=True, exist_ok=True)
+    _claim(out / "teacher.json", {"teacher": teacher.name, "licence": teacher.licence,
+                                  "weights_sha256": getattr(teacher, "weights_sha256", "")})
     done = set(load_teacher_parts(out)[0])
     todo = [row for row in rows if row["path"] not in done]
     start = len(list(out.glob("part-*.npz")))
@@ -196,6 +200,18 @@ def embed_prepared(source: str | Path, prepared: str | Path, teacher: Teacher, *
             bar.update(len(part))
             _save_part(out / f"part-{start + index:05d}.npz", [row["path"] for row in part], vectors)
     return len(todo)
+
+
+def _claim(path: Path, identity: dict) -> None:
+    """Record which model wrote a teacher folder, and refuse to mix another model's vectors in."""
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != identity:
+            raise FaceVerifyError(f"{path.parent} holds embeddings of another {identity['teacher']} model "
+                                  f"({recorded.get('weights_sha256', '')[:12] or recorded.get('licence')}); "
+                                  "delete the folder to embed with this one")
+        return
+    path.write_text(json.dumps(identity))
 
 
 def load_teacher_parts(folder: Path) -> tuple[list[str], np.ndarray]:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..data import read_pairs
 from ..embed import TorchEmbedder
+from ..errors import FaceVerifyError
 from ..evaluation import AlignedPairs
 from ..metrics import calibrated_thresholds, verification_report
 from ..models import Embedder, Ensemble, build_metadata, load_checkpoint, save_checkpoint
@@ -71,6 +72,11 @@ class Trainer:
         self.frozen = _freeze(self.model, cfg.model.frozen_stages)
         #: the alignment the model takes (its training crops and dev pairs must match it)
         self.templates = build_metadata(self.model).templates
+        size = self.data.crops.shape[1]
+        if len(self.templates) != 1 or size != self.templates[0].size:
+            raise FaceVerifyError(f"the model takes {[t.name for t in self.templates]} crops, the training "
+                                  f"sets hold {size}×{size} ones: prepare them with --template (or "
+                                  "training/realign.py)")
         self.model = self.model.to(self.device)
         if cfg.optim.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -219,7 +225,7 @@ class Trainer:
             module.eval()
 
     def _batch(self, indices: np.ndarray) -> torch.Tensor:
-        """(B, 3, 112, 112) uint8 crops on the training device."""
+        """(B, 3, size, size) uint8 crops (the model's template) on the training device."""
         if isinstance(self.crops, torch.Tensor):
             batch = self.crops[torch.from_numpy(indices).to(self.device)]
         else:
