@@ -88,3 +88,13 @@ def test_every_shipped_recipe_parses(recipe):
     cfg = load_config(recipe)  # unknown keys (a typo in a recipe) raise
     assert cfg.model.arch in {*ARCHS, *PRETRAINED_STUDENTS} and cfg.objective.name in OBJECTIVES
     assert cfg.mode in MODES and set(cfg.distill.teachers) <= set(TEACHER_FACTORIES)
+
+
+@pytest.mark.data_free
+def test_overrides_read_numbers_as_numbers():
+    """YAML 1.1 reads `2e-5` (no dot) as a string: a float option takes it as the number meant,
+    and a word is refused with the option's name."""
+    cfg = load_config(None, ["optim.lr=2e-5", "distill.weight=4"])
+    assert cfg.optim.lr == 2e-5 and cfg.distill.weight == 4.0 and isinstance(cfg.distill.weight, float)
+    with pytest.raises(ValueError, match="lr must be a number, not 'fast'"):
+        load_config(None, ["optim.lr=fast"])

@@ -99,5 +99,16 @@ def _build(cls, raw: dict):
     kwargs = {}
     for name, value in raw.items():
         default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
-        kwargs[name] = _build(type(default), value) if dataclasses.is_dataclass(default) else value
+        if dataclasses.is_dataclass(default):
+            value = _build(type(default), value)
+        elif isinstance(fields[name].default, float) and isinstance(value, (int, str)):
+            value = _number(name, value)  # YAML 1.1 reads 2e-5 (no dot) as a string
+        kwargs[name] = value
     return cls(**kwargs)
+
+
+def _number(name: str, value) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
