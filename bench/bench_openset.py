@@ -82,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     verifier = Verifier(args.model, device="cpu")
-    roc = verifier.metadata.all_pairs_roc
+    roc = verifier.metadata.gallery_roc  # what `Gallery` reads
     if roc is None:
         raise SystemExit(f"{args.model}: no all-pairs ROC; run `faceverify calibrate --identities` first")
     if args.cache and args.cache.is_file():

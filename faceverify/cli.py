@@ -218,7 +218,7 @@ def add_calibrate(sub) -> None:
 
 def cmd_calibrate(args) -> int:
     from .models import set_thresholds
-    from .metadata import ALL_PAIRS_ROC, PAIRS_ROC
+    from .metadata import ALL_PAIRS_ROC, PAIRS_ROC, TEMPLATE_ROC
     from .operating import roc_table
 
     if str(args.model).endswith(".onnx"):
@@ -239,14 +239,21 @@ def cmd_calibrate(args) -> int:
         scores, valid = aligned.scores(verifier.embed_aligned, verifier.templates)
         thresholds.update(calibrated_thresholds(scores, aligned.same, aligned.folds, valid, Path(args.pairs).name))
     else:
-        genuine, impostor = _aligned_identities(args, verifier).scores(verifier.embed_aligned, verifier.templates)
+        from .evaluation import all_pairs_scores, template_scores
+
+        aligned = _aligned_identities(args, verifier)
+        embeddings = aligned.embeddings(verifier.embed_aligned, verifier.templates)[aligned.ok]
+        labels = aligned.labels[aligned.ok]
         source = Path(args.identities).name + (f" split {args.split}" if args.split else "")
-        thresholds[ALL_PAIRS_ROC] = {"source": source, "genuine_pairs": int(len(genuine)),
-                                     "impostor_pairs": int(len(impostor)),
-                                     "columns": ["threshold", "far", "tar", "impostors_accepted"],
-                                     "points": roc_table(genuine, impostor)}
+        for key, (genuine, impostor), what in (
+                (ALL_PAIRS_ROC, all_pairs_scores(embeddings, labels), "every pair of photos"),
+                (TEMPLATE_ROC, template_scores(embeddings, labels), "2-photo templates vs photos")):
+            thresholds[key] = {"source": f"{source}: {what}", "genuine_pairs": int(len(genuine)),
+                               "impostor_pairs": int(len(impostor)),
+                               "columns": ["threshold", "far", "tar", "impostors_accepted"],
+                               "points": roc_table(genuine, impostor)}
     set_thresholds(args.model, thresholds, verifier.flip)
-    print(json.dumps({k: v for k, v in thresholds.items() if k not in (PAIRS_ROC, ALL_PAIRS_ROC)}, indent=2))
+    print(json.dumps({k: v for k, v in thresholds.items() if k not in (PAIRS_ROC, ALL_PAIRS_ROC, TEMPLATE_ROC)}, indent=2))
     return EXIT_OK
 
 

@@ -184,3 +184,29 @@ def all_pairs_scores(embeddings: np.ndarray, labels: np.ndarray, block: int = 20
         genuine.append(similarity[upper & same])
         impostor.append(similarity[upper & ~same])
     return np.concatenate(genuine), np.concatenate(impostor)
+
+
+def template_scores(embeddings: np.ndarray, labels: np.ndarray, per_template: int = 2, block: int = 2048):
+    """(genuine, impostor) scores of comparisons as a gallery makes them: each identity with more
+    than `per_template` photos gets a template (the mean of its first `per_template` unit
+    embeddings, re-normalised, as `Gallery` builds one); its other photos are its genuine probes,
+    every photo of another identity an impostor probe. A re-normalised mean scores strangers
+    higher than a single photo does, so a gallery's false accepts follow these, not photo pairs."""
+    templates, owners, genuine = [], [], []
+    for identity in np.unique(labels):
+        rows = np.flatnonzero(labels == identity)
+        if len(rows) <= per_template:
+            continue
+        template = embeddings[rows[:per_template]].mean(axis=0)
+        templates.append(template / np.linalg.norm(template))
+        owners.append(identity)
+        genuine.append(embeddings[rows[per_template:]] @ templates[-1])
+    if not templates:
+        raise ValueError(f"no identity has more than {per_template} photos: no template comparisons")
+    templates, owners = np.stack(templates), np.array(owners)
+    impostor = []
+    for start in range(0, len(embeddings), block):
+        scores = embeddings[start:start + block] @ templates.T
+        impostor.append(scores[labels[start:start + block, None] != owners[None, :]])
+    return np.concatenate(genuine), np.concatenate(impostor)
+

@@ -17,6 +17,7 @@ from .errors import ModelError
 FORMAT_VERSION = 1
 #: threshold-table keys (the `thresholds` dict's layout)
 BEST_ACCURACY, FAR_1E2, PAIRS_ROC, ALL_PAIRS_ROC = "best_accuracy", "far_1e-2", "roc", "roc_all_pairs"
+TEMPLATE_ROC = "roc_templates"
 
 
 @dataclass
@@ -109,6 +110,12 @@ class ModelMetadata:
     def all_pairs_roc(self) -> dict | None:
         """The all-pairs ROC table (`operating.roc_table`) with its source and pair counts, or None."""
         return self.thresholds.get(ALL_PAIRS_ROC)
+
+    @property
+    def gallery_roc(self) -> dict | None:
+        """The ROC a gallery's threshold rule reads: of 2-photo templates against photos when
+        calibrated (`TEMPLATE_ROC`), else of photo pairs (`ALL_PAIRS_ROC`), else None."""
+        return self.thresholds.get(TEMPLATE_ROC) or self.all_pairs_roc
 
     @property
     def dev(self) -> dict:

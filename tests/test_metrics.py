@@ -122,3 +122,25 @@ def test_all_pairs_report_resolves_low_fars_only_with_enough_impostors():
     assert hit["impostors_accepted"] <= 20 and hit["tar"] == np.mean(genuine >= hit["threshold"])
     assert report["auc"] == pytest.approx(brute_auc(np.r_[genuine[:50], impostor[:200]],
                                                     np.r_[np.ones(50, bool), np.zeros(200, bool)]), abs=0.03)
+
+
+@pytest.mark.data_free
+def test_template_comparisons_against_brute_force():
+    """Each identity with more than 2 photos: template = re-normalised mean of its first two; its
+    other photos are genuine probes, everyone else's photos impostor probes."""
+    from faceverify.evaluation import template_scores
+
+    rng = np.random.default_rng(4)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    vectors = rng.normal(size=(len(labels), 5))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    genuine, impostor = template_scores(vectors, labels, block=3)
+    expected_gen, expected_imp = [], []
+    for identity in (0, 2):  # 1 and 3 have no photo beyond a template's two
+        rows = np.flatnonzero(labels == identity)
+        template = vectors[rows[:2]].mean(axis=0)
+        template /= np.linalg.norm(template)
+        expected_gen += [vectors[r] @ template for r in rows[2:]]
+        expected_imp += [vectors[r] @ template for r in np.flatnonzero(labels != identity)]
+    np.testing.assert_allclose(sorted(genuine), sorted(expected_gen), atol=1e-12)
+    np.testing.assert_allclose(sorted(impostor), sorted(expected_imp), atol=1e-12)

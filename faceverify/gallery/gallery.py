@@ -133,7 +133,7 @@ class Gallery:
                  busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None):
         self.verifier = verifier
         meta = verifier.metadata
-        self.roc = meta.all_pairs_roc
+        self.roc = meta.gallery_roc
         fixed = default_threshold(meta) if threshold is None else threshold
         stored_fpir = target_fpir or (DEFAULT_FPIR if threshold is None and self.roc else None)
         self.store = open_store(path, meta.weights_sha256, meta.embedding_dim, fixed,
