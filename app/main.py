@@ -182,11 +182,18 @@ class FaceApp:
             return [[n, k, c] for n, k, c in gallery.identities()]
 
     def remove(self, name):
+        """Remove a person, and the copies of their photos this UI kept (`keep_photo`): a face
+        photo is not kept after its person leaves the gallery."""
         try:
-            with self.gallery() as gallery:
+            with self.gallery() as gallery, self._lock:
+                sources = [image["source"] for image in gallery.show(name)]
                 gallery.remove(name)
         except FaceVerifyError as exc:
             raise user_error(str(exc)) from None
+        kept = self.gallery_path.with_name(self.gallery_path.name + ".photos").resolve()
+        for source in map(Path, sources):
+            if source.parent == kept:  # never a file the user enrolled from elsewhere
+                source.unlink(missing_ok=True)
         return self.identity_rows()
 
     # ----------------------------------------------------------------- about

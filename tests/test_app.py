@@ -163,7 +163,8 @@ def test_enroll_then_identify(client):
 
 def test_enrolled_photos_are_kept_for_upgrades(client, server):
     """Gradio deletes uploads: the UI keeps each enrolled photo beside the gallery and records
-    that copy as the source, so `faceverify gallery upgrade` can re-embed it later."""
+    that copy as the source, so `faceverify gallery upgrade` can re-embed it later; the copies
+    leave with their person."""
     import sqlite3
 
     from gradio_client import handle_file
@@ -178,6 +179,11 @@ def test_enrolled_photos_are_kept_for_upgrades(client, server):
         kept = Path(source)
         assert kept.parent == server.gallery.with_name("gallery.db.photos") and kept.is_file()
     assert {Path(s).read_bytes() for s in sources} <= {p.read_bytes() for p in photos}
+    client.predict("Aaron Peirsol 2", api_name="/remove")
+    with sqlite3.connect(server.gallery) as db:
+        assert not db.execute("SELECT 1 FROM identities WHERE name = 'Aaron Peirsol 2'").fetchall()
+    assert not any(Path(s).exists() for s in sources)  # the person's kept photos leave with them
+    assert all(p.is_file() for p in photos)  # the user's own files are never touched
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (make test installs it as root)")
