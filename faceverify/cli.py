@@ -219,7 +219,7 @@ def add_calibrate(sub) -> None:
 def cmd_calibrate(args) -> int:
     from .models import set_thresholds
     from .metadata import ALL_PAIRS_ROC, PAIRS_ROC, TEMPLATE_ROC
-    from .operating import roc_table
+    from .operating import roc_entry
 
     if str(args.model).endswith(".onnx"):
         raise FaceVerifyError("calibrate a checkpoint (.pt), then export it: ONNX files are read-only")
@@ -245,13 +245,10 @@ def cmd_calibrate(args) -> int:
         embeddings = aligned.embeddings(verifier.embed_aligned, verifier.templates)[aligned.ok]
         labels = aligned.labels[aligned.ok]
         source = Path(args.identities).name + (f" split {args.split}" if args.split else "")
-        for key, (genuine, impostor), what in (
-                (ALL_PAIRS_ROC, all_pairs_scores(embeddings, labels), "every pair of photos"),
-                (TEMPLATE_ROC, template_scores(embeddings, labels), "2-photo templates vs photos")):
-            thresholds[key] = {"source": f"{source}: {what}", "genuine_pairs": int(len(genuine)),
-                               "impostor_pairs": int(len(impostor)),
-                               "columns": ["threshold", "far", "tar", "impostors_accepted"],
-                               "points": roc_table(genuine, impostor)}
+        thresholds[ALL_PAIRS_ROC] = roc_entry(*all_pairs_scores(embeddings, labels),
+                                              f"{source}: every pair of photos")
+        thresholds[TEMPLATE_ROC] = roc_entry(*template_scores(embeddings, labels),
+                                             f"{source}: 2-photo templates vs photos")
     set_thresholds(args.model, thresholds, verifier.flip)
     print(json.dumps({k: v for k, v in thresholds.items() if k not in (PAIRS_ROC, ALL_PAIRS_ROC, TEMPLATE_ROC)}, indent=2))
     return EXIT_OK
@@ -468,9 +465,9 @@ def cmd_prepare(args) -> int:
     from .detect import TorchMTCNN
     from .prepare import prepare_dataset
 
-    detector = TorchMTCNN(device=args.device, min_face_fraction=args.min_face_fraction)
     if args.template not in TEMPLATES:
         raise FaceVerifyError(f"unknown template {args.template!r}; choose one of {sorted(TEMPLATES)}")
+    detector = TorchMTCNN(device=args.device, min_face_fraction=args.min_face_fraction)
     report = prepare_dataset(args.source, args.dest, detector, split=args.split,
                              policy=args.face_policy, template=TEMPLATES[args.template])
     print(f"aligned {report.aligned}, failed {report.failed} (see {Path(args.dest) / 'failures.csv'}), "

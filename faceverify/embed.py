@@ -25,7 +25,7 @@ class TorchEmbedder:
     def __init__(self, model: torch.nn.Module, metadata: ModelMetadata | None = None, device: str = "cpu",
                  batch_size: int = 64):
         self.model, self.device, self.batch_size = model, device, batch_size
-        self.metadata = metadata or build_metadata(model)
+        self.metadata = metadata or build_metadata(model, hashed=False)
         self.providers = [f"torch:{device}"]
 
     @classmethod

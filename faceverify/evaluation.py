@@ -73,6 +73,18 @@ class _Crops:
                              f"not {missing}: rebuild the cache for this model")
         return tuple(have[t.name] for t in templates)
 
+    def embeddings(self, embed: Callable[..., np.ndarray], templates: Sequence[Template] = (ARCFACE_112,)
+                   ) -> np.ndarray:
+        """(N, dim) unit embeddings of every photo by `embed` on the crops of the model's
+        `templates` (zeros where `ok` is False)."""
+        usable = np.flatnonzero(self.ok)
+        if not len(usable):
+            return np.zeros((len(self.ok), 1), np.float32)
+        found = embed(*(c[usable] for c in self.crops_for(templates))).astype(np.float32)
+        out = np.zeros((len(self.ok), found.shape[1]), np.float32)
+        out[usable] = found / np.linalg.norm(found, axis=1, keepdims=True)
+        return out
+
 
 @dataclass
 class AlignedPairs(_Crops):
@@ -114,13 +126,7 @@ class AlignedPairs(_Crops):
     def scores(self, embed: Callable[..., np.ndarray], templates: Sequence[Template] = (ARCFACE_112,)):
         """(cosine score per pair, valid per pair) using `embed` on the usable crops of the
         model's `templates`."""
-        crops = self.crops_for(templates)
-        embeddings = np.zeros((len(self.ok), 1), np.float32)
-        usable = np.flatnonzero(self.ok)
-        if len(usable):
-            found = embed(*(c[usable] for c in crops))
-            embeddings = np.zeros((len(self.ok), found.shape[1]), np.float32)
-            embeddings[usable] = found
+        embeddings = self.embeddings(embed, templates)
         valid = self.ok[self.left] & self.ok[self.right]
         return cosine_scores(embeddings[self.left], embeddings[self.right]), valid
 
@@ -157,15 +163,6 @@ class AlignedIdentities(_Crops):
         with np.load(path, allow_pickle=False) as z:
             return cls(*load_crops(z), z["ok"], z["labels"], z["identities"].tolist(),
                        dict(zip(z["failure_keys"].tolist(), z["failure_reasons"].tolist())))
-
-    def embeddings(self, embed: Callable[..., np.ndarray], templates: Sequence[Template] = (ARCFACE_112,)
-                   ) -> np.ndarray:
-        """(N, dim) unit embeddings of every photo (zeros where `ok` is False)."""
-        usable = np.flatnonzero(self.ok)
-        found = embed(*(c[usable] for c in self.crops_for(templates))).astype(np.float32)
-        out = np.zeros((len(self.ok), found.shape[1]), np.float32)
-        out[usable] = found / np.linalg.norm(found, axis=1, keepdims=True)
-        return out
 
     def scores(self, embed: Callable[..., np.ndarray], templates: Sequence[Template] = (ARCFACE_112,)):
         """(genuine, impostor) cosine scores of every pair of usable photos (i < j)."""

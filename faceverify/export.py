@@ -60,9 +60,7 @@ def export_embedder(checkpoint: str | Path, out: str | Path, input_dtype: str = 
         wrapper = _NHWCEmbedder(model.half() if precision == "fp16" else model).eval()
         size = metadata.templates[0].size
         dtype = torch.uint8 if input_dtype == "uint8" else torch.float32
-        example = torch.zeros(2, size, size, 3, dtype=dtype)
-        _export(wrapper, example, out, ["faces"], ["embeddings"], {"faces": {0: "batch"}})
-        proto = onnx.load(str(out))
+        proto = torch_to_onnx(wrapper, torch.zeros(2, size, size, 3, dtype=dtype), "faces", "embeddings")
     metadata = metadata.replace(onnx={"opset": _default_opset(proto), "input_dtype": input_dtype, "precision": precision})
     _set_metadata(proto, metadata.to_dict())
     onnx.checker.check_model(proto, full_check=True)
@@ -70,14 +68,14 @@ def export_embedder(checkpoint: str | Path, out: str | Path, input_dtype: str = 
     return metadata
 
 
-def torch_to_onnx(module: nn.Module, example: torch.Tensor):
-    """A module taking one tensor as an in-memory ONNX model (input "image", output "embedding",
-    dynamic batch)."""
+def torch_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str = "image",
+                  output_name: str = "embedding"):
+    """A module taking one tensor as an in-memory ONNX model (dynamic batch)."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "member.onnx"
-        _export(module, example, path, ["image"], ["embedding"], {"image": {0: "batch"}})
+        path = Path(tmp) / "model.onnx"
+        _export(module, example, path, [input_name], [output_name], {input_name: {0: "batch"}})
         return onnx.load(str(path))
 
 

@@ -77,8 +77,7 @@ class ModelMetadata:
         """The crops the model takes, in input order: one per distinct template of its members
         (a single network: its own template)."""
         raw = [m["template"] for m in self.members] if self.members else [self.template or ARCFACE_112.to_dict()]
-        names = list(dict.fromkeys(t["name"] for t in raw))
-        return tuple(Template.from_dict(next(t for t in raw if t["name"] == n)) for n in names)
+        return tuple(dict.fromkeys(Template.from_dict(t) for t in raw))  # one instance per name
 
     @property
     def description(self) -> str:

@@ -44,6 +44,13 @@ def roc_table(genuine: np.ndarray, impostor: np.ndarray, points: int = ROC_POINT
     return table
 
 
+def roc_entry(genuine: np.ndarray, impostor: np.ndarray, source: str) -> dict:
+    """A `roc_table` as a model's metadata keeps it (`ModelMetadata.thresholds`), with where its
+    scores came from and how many there were."""
+    return {"source": source, "genuine_pairs": int(len(genuine)), "impostor_pairs": int(len(impostor)),
+            "columns": ["threshold", "far", "tar", "impostors_accepted"], "points": roc_table(genuine, impostor)}
+
+
 @dataclass
 class OperatingPoint:
     """A threshold and what it means: per comparison (FAR, TAR) and, for a gallery of

@@ -18,7 +18,8 @@ from ..align import ARCFACE_112
 from ..errors import ModelError
 from ..metadata import ModelMetadata
 from .embedder import INPUT_FORMAT, Embedder
-from .ensemble import ENSEMBLE_ARCH, Ensemble, MemberSpec, ensemble_from_state, stored_state
+from .ensemble import (ENSEMBLE_ARCH, Ensemble, MemberSpec, ensemble_from_state, float_tensors,
+                       stored_state, stored_tensors)
 
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
@@ -40,18 +41,23 @@ def weights_sha256(state_dict: dict) -> str:
 
 
 def build_metadata(model: Embedder | Ensemble, thresholds: dict | None = None,
-                   training: dict | None = None, state_dict: dict | None = None) -> ModelMetadata:
-    """Metadata for `model`; the hash is of `state_dict` (the stored weights) when given."""
+                   training: dict | None = None, state_dict: dict | None = None,
+                   hashed: bool = True) -> ModelMetadata:
+    """Metadata for `model`; the hash is of `state_dict` (the stored weights) when given.
+    `hashed=False` leaves the hash empty: what a network being trained says about itself (its
+    arch, templates), without hashing every weight at each evaluation."""
     if isinstance(model, Ensemble):
         return ModelMetadata(
             arch=ENSEMBLE_ARCH, embedding_dim=model.embedding_dim,
-            weights_sha256=weights_sha256(state_dict if state_dict is not None else stored_state(model)),
+            weights_sha256=weights_sha256(state_dict if state_dict is not None else stored_state(model))
+            if hashed else "",
             input_format={"color": "RGB", "layout": "NHWC", "range": [0, 255], "per_template": True},
             members=[s.to_dict() for s in model.specs],
             thresholds=thresholds or {}, training=training or {})
     return ModelMetadata(
         arch=model.arch, embedding_dim=model.embedding_dim,
-        weights_sha256=weights_sha256(state_dict if state_dict is not None else model.state_dict()),
+        weights_sha256=weights_sha256(state_dict if state_dict is not None else model.state_dict())
+        if hashed else "",
         input_format=INPUT_FORMAT, template=ARCFACE_112.to_dict(),
         thresholds=thresholds or {}, training=training or {})
 
@@ -59,11 +65,7 @@ def build_metadata(model: Embedder | Ensemble, thresholds: dict | None = None,
 def save_checkpoint(path: str | Path, model: Embedder | Ensemble, thresholds: dict | None = None,
                     training: dict | None = None, half: bool = False, flip: bool = False) -> ModelMetadata:
     """Write model + metadata atomically (temp file + rename); `half` stores fp16 weights."""
-    if isinstance(model, Ensemble):
-        state = stored_state(model, half)
-    else:
-        state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
-                 for k, v in model.state_dict().items()}
+    state = stored_state(model, half) if isinstance(model, Ensemble) else stored_tensors(model.state_dict(), half)
     metadata = build_metadata(model, thresholds, training, state)
     metadata.weights_dtype = "float16" if half else "float32"
     metadata.flip = flip
@@ -87,7 +89,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder | E
             model = ensemble_from_state([MemberSpec.from_dict(m) for m in metadata.members], state)
         else:
             model = Embedder(metadata.arch, metadata.embedding_dim)
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            model.load_state_dict(float_tensors(state))
     except (KeyError, RuntimeError, ValueError) as exc:  # metadata and tensors that do not fit
         raise ModelError(f"{path}: damaged or inconsistent checkpoint ({exc.__class__.__name__}: "
                          f"{str(exc).splitlines()[0][:200]})") from None

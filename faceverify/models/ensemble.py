@@ -73,9 +73,8 @@ class Ensemble(nn.Module):
             raise ModelError("member weights must be non-negative and not all zero")
         self.specs = [MemberSpec(**{**s.__dict__, "weight": s.weight / total}) for s in specs]
         self.networks = nn.ModuleList(networks)
-        names = list(dict.fromkeys(s.template.name for s in self.specs))
-        self.templates = tuple(next(s.template for s in self.specs if s.template.name == n) for n in names)
-        self._inputs = [names.index(s.template.name) for s in self.specs]
+        self.templates = tuple(dict.fromkeys(s.template for s in self.specs))  # one instance per name
+        self._inputs = [self.templates.index(s.template) for s in self.specs]
         self.embedding_dim = sum(s.embedding_dim for s in self.specs)
         for i, centre in enumerate(centres or [None] * len(specs)):
             self.register_buffer(f"centre_{i}", None if centre is None else torch.as_tensor(centre).float())
@@ -110,6 +109,17 @@ def combine(member_vectors: list[np.ndarray], weights: list[float]) -> np.ndarra
     return joined / np.linalg.norm(joined, axis=1, keepdims=True)
 
 
+def stored_tensors(state_dict: dict, half: bool) -> dict:
+    """A state dict as a checkpoint stores it: on the CPU, floating tensors in fp16 when `half`."""
+    return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+            for k, v in state_dict.items()}
+
+
+def float_tensors(stored: dict) -> dict:
+    """A stored state dict back in fp32, whatever precision it was kept in."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
+
+
 # ------------------------------------------------------------------ member kinds
 class _DlibKind:
     """dlib's ResNet as a torch module; its state dict is stored (fp16 when `half`)."""
@@ -119,13 +129,12 @@ class _DlibKind:
         from .dlib_resnet import DlibResNet
 
         network = DlibResNet()
-        network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.items()})
+        network.load_state_dict(float_tensors(stored))
         return network
 
     @staticmethod
     def stored(network: nn.Module, half: bool) -> dict:
-        return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-                for k, v in network.state_dict().items()}
+        return stored_tensors(network.state_dict(), half)
 
     @staticmethod
     def onnx_graph(network: nn.Module, size: int):

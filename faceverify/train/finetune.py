@@ -24,9 +24,10 @@ from ..errors import FaceVerifyError
 from ..evaluation import AlignedIdentities, all_pairs_scores
 from ..metadata import ALL_PAIRS_ROC
 from ..metrics import all_pairs_report, calibrated_thresholds, plot_rocs
-from ..models import Ensemble, Embedder, load_checkpoint, save_checkpoint, set_thresholds
+from ..embed import TorchEmbedder
+from ..models import Ensemble, Embedder, build_metadata, load_checkpoint, save_checkpoint, set_thresholds
 from ..models.members import PRETRAINED_STUDENTS
-from ..operating import roc_table
+from ..operating import roc_entry
 
 #: below this a split cannot say anything: the validation side needs genuine pairs of several people
 MIN_IDENTITIES, MIN_PHOTOS = 6, 2
@@ -64,10 +65,12 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
                                         **asdict(cfg)})
     member = trainable_member(base_model)
     split = identity_split(dataset, work / "split.json", cfg.val_fraction, cfg.seed)
+    student = one_member(base_model, member)
+    student_meta = build_metadata(student, hashed=False)  # its arch, size and template
     init = work / "base-member.pt"
     if not init.is_file():
-        save_checkpoint(init, one_member(base_model, member), training={"from": str(base)})
-    template = load_checkpoint(init)[1].templates[0]
+        save_checkpoint(init, student, training={"from": str(base)})
+    template = student_meta.templates[0]
     detector = OnnxMTCNN()
     prepared = work / "prepared"
     train_manifest = write_manifest(split["train"], work / "train.csv")
@@ -79,8 +82,8 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
     train_cfg = load_config(None, [
         f"out_dir={work / 'run'}", f"init_from={init}", f"seed={cfg.seed}", "checkpoint_every=25",
         "log_every=10", f"data.datasets=[{prepared}]", f"data.p={min(cfg.p, identities)}", f"data.k={cfg.k}",
-        f"model.arch={base_meta.members[member]['arch'] if base_meta.members else base_meta.arch}",
-        f"model.embedding_dim={base_meta.members[member]['embedding_dim'] if base_meta.members else base_meta.embedding_dim}",
+        f"model.arch={student_meta.members[0]['arch'] if student_meta.members else student_meta.arch}",
+        f"model.embedding_dim={student_meta.embedding_dim}",
         f"model.frozen_stages={cfg.frozen_stages}", "objective.name=triplet", "objective.mining=semihard",
         f"objective.margin={cfg.margin}", "distill.teachers=[ensemble]", "distill.anchor=true", f"distill.weight={cfg.distill_weight}",
         "optim.optimizer=adamw", f"optim.lr={cfg.lr}", f"optim.steps={cfg.steps}",
@@ -97,17 +100,17 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
 
     validation = AlignedIdentities.build(load_samples(write_manifest(split["val"], work / "val.csv")),
                                          detector, templates=base_meta.templates, progress=progress)
-    before, after = evaluate_model(base, validation), evaluate_model(out, validation)
+    before = evaluate_model(TorchEmbedder(base_model, base_meta), validation)
+    after = evaluate_model(TorchEmbedder.from_checkpoint(out, "cpu"), validation)  # as written (fp16)
     plot_rocs({"base model": before.pop("scores"), "fine-tuned": after["scores"]}, work / "report.png",
               "validation identities, every pair")
     genuine, impostor = after.pop("scores")
     report = {"base": before, "finetuned": after, "val_identities": len(split["val"]),
               "val_photos": int(validation.ok.sum()), "train_identities": identities}
     set_thresholds(out, {**balanced_thresholds(genuine, impostor, cfg.seed, "validation identities"),
-                         ALL_PAIRS_ROC: {"source": f"finetune validation ({report['val_identities']} identities)",
-                                         "genuine_pairs": int(len(genuine)), "impostor_pairs": int(len(impostor)),
-                                         "columns": ["threshold", "far", "tar", "impostors_accepted"],
-                                         "points": roc_table(genuine, impostor)}}, base_meta.flip)
+                         ALL_PAIRS_ROC: roc_entry(genuine, impostor, f"finetune validation "
+                                                                     f"({report['val_identities']} identities)")},
+                   base_meta.flip)
     export_embedder(out, out.with_suffix(".onnx"))
     (work / "report.json").write_text(json.dumps(report, indent=2))
     return report
@@ -196,11 +199,8 @@ def write_manifest(people: dict, path: Path) -> Path:
     return path
 
 
-def evaluate_model(path: Path, validation: AlignedIdentities) -> dict:
+def evaluate_model(embedder, validation: AlignedIdentities) -> dict:
     """All-pairs figures of a model on the validation identities (and its scores, for the ROC)."""
-    from ..embed import TorchEmbedder
-
-    embedder = TorchEmbedder.from_checkpoint(path, "cpu")
     embeddings = validation.embeddings(embedder, embedder.metadata.templates)[validation.ok]
     genuine, impostor = all_pairs_scores(embeddings, validation.labels[validation.ok])
     report = all_pairs_report(genuine, impostor, fars=(1e-2, 1e-3))

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..align import align_face
 from ..data import load_samples
 from ..detect import Face
+from ..detect.aligned import align_templates
 from ..errors import FaceVerifyError
 from ..images import load_rgb
 from ..prepare import face_from_manifest
@@ -71,9 +72,8 @@ class ModelTeacher:
         return self.embed_batch([photo] * len(faces), faces)
 
     def embed_batch(self, photos: Sequence[np.ndarray], faces: Sequence[Face]) -> np.ndarray:
-        crops = [np.stack([align_face(photo, face.landmarks, t) for photo, face in zip(photos, faces)])
-                 for t in self._templates]
-        return self._embedder(*crops)
+        aligned = [align_templates(photo, face, self._templates) for photo, face in zip(photos, faces)]
+        return self._embedder(*(np.stack(crops) for crops in zip(*aligned)))
 
 
 class DlibTeacher:

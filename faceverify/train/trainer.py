@@ -71,7 +71,7 @@ class Trainer:
         self.initialised_from = _init_from(self.model, cfg.init_from) if cfg.init_from else None
         self.frozen = _freeze(self.model, cfg.model.frozen_stages)
         #: the alignment the model takes (its training crops and dev pairs must match it)
-        self.templates = build_metadata(self.model).templates
+        self.templates = build_metadata(self.model, hashed=False).templates
         size = self.data.crops.shape[1]
         if len(self.templates) != 1 or size != self.templates[0].size:
             raise FaceVerifyError(f"the model takes {[t.name for t in self.templates]} crops, the training "
@@ -342,7 +342,7 @@ def build_model(cfg) -> Embedder | Ensemble:
 
 def _kind(model) -> str:
     """What must match for one model's weights to initialise another, e.g. "resnet18 / 512-d"."""
-    metadata = build_metadata(model)
+    metadata = build_metadata(model, hashed=False)
     members = "+".join(m["arch"] for m in metadata.members)
     return f"{metadata.arch}{f' ({members})' if members else ''} / {metadata.embedding_dim}-d"
 
