@@ -67,23 +67,51 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
+def _ray_arg(p) -> None:
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on a Ray cluster (`pip install faceverify[ray]`; ONNX models): ADDRESS "
+                        "of its head, 'auto' for the one `ray start` runs here, none for a local instance")
+    p.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray instance (default: all)")
+
+
 def add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="embeddings of images (files or folders) into an .npz file")
+    p = sub.add_parser("embed", help="embeddings of images (files or folders) into an .npz or Parquet file")
     p.add_argument("images", nargs="+", type=Path, help="image files, or folders of them (recursive)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help=".npz, or .parquet (a row per photo: status, box, landmarks, embedding); with "
+                        "--ray a folder of Parquet parts, resumed if it exists")
     p.add_argument("--face-policy", choices=POLICIES, default="single")
+    _ray_arg(p)
     _model_args(p)
     p.set_defaults(func=cmd_embed)
 
 
+def _cluster(args):
+    """The cluster module, connected, and the pipeline spec of the model asked for."""
+    try:
+        from . import cluster
+    except ImportError as exc:
+        raise FaceVerifyError(f"--ray needs Ray: pip install 'faceverify[ray]' ({exc.name} is missing)") from None
+    spec = cluster.PipelineSpec.for_model(args.model, face_policy=args.face_policy, flip=args.flip,
+                                          min_face_fraction=args.min_face_fraction,
+                                          max_detection_side=args.max_detection_side)
+    cluster.connect(args.ray or None, args.ray_cpus)
+    return cluster, spec
+
+
 def cmd_embed(args) -> int:
+    if args.ray is not None:
+        cluster, spec = _cluster(args)
+        summary = cluster.embed_on_ray(args.images, args.out, spec)
+        print(f"{summary.written} images processed ({summary.skipped} already in {args.out}); "
+              f"{summary.failed} without an embedding in all", file=sys.stderr)
+        return EXIT_OK
     import numpy as np
-
-    from .verifier import FaceEmbedding
-
     from tqdm import tqdm
 
+    from . import records
     from .data import image_paths
+    from .verifier import FaceEmbedding
 
     args.images = image_paths(args.images)
     if not args.images:
@@ -91,13 +119,17 @@ def cmd_embed(args) -> int:
     verifier = _verifier(args, args.face_policy)
     stream = verifier.analyze_stream(args.images, [str(p) for p in args.images])
     results = list(tqdm(stream, total=len(args.images), desc="embed", unit="img", disable=len(args.images) < 50))
-    dim = verifier.metadata.embedding_dim
     ok = [isinstance(r, FaceEmbedding) for r in results]
-    np.savez(args.out, paths=np.array([str(p) for p in args.images]),
-             embeddings=np.stack([r.embedding if k else np.full(dim, np.nan, np.float32)
-                                  for r, k in zip(results, ok)]),
-             ok=np.array(ok), status=np.array(["ok" if k else str(r) for r, k in zip(results, ok)]),
-             weights_sha256=verifier.metadata.weights_sha256, flip=verifier.flip)
+    if args.out.suffix == ".parquet":
+        records.write_parquet([records.result_row(p, r, verifier.metadata.weights_sha256)
+                               for p, r in zip(args.images, results)], args.out)
+    else:
+        dim = verifier.metadata.embedding_dim
+        np.savez(args.out, paths=np.array([str(p) for p in args.images]),
+                 embeddings=np.stack([r.embedding if k else np.full(dim, np.nan, np.float32)
+                                      for r, k in zip(results, ok)]),
+                 ok=np.array(ok), status=np.array(["ok" if k else str(r) for r, k in zip(results, ok)]),
+                 weights_sha256=verifier.metadata.weights_sha256, flip=verifier.flip)
     for r, path in zip(results, args.images):
         if not isinstance(r, FaceEmbedding):
             print(f"warning: {r}", file=sys.stderr)
@@ -303,6 +335,7 @@ def add_enroll(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     _gallery_args(p)
+    _ray_arg(p)
     p.set_defaults(func=cmd_enroll)
 
 
@@ -310,6 +343,9 @@ def cmd_enroll(args) -> int:
     with _gallery(args, create=True) as gallery:
         if args.name:
             reports = [gallery.enroll(args.name, args.images)]
+        elif args.dataset and args.ray is not None:
+            cluster, spec = _cluster(args)
+            reports = cluster.enroll_on_ray(gallery, args.dataset, spec, progress=not args.quiet)
         elif args.dataset:
             reports = gallery.enroll_dataset(args.dataset, progress=not args.quiet)
         else:

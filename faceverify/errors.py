@@ -43,3 +43,11 @@ class GalleryError(FaceVerifyError):
 
 class GalleryBusyError(GalleryError):
     """Another process held the gallery's write lock for longer than the timeout."""
+
+
+def error_from_name(name: str, message: str) -> FaceVerifyError:
+    """The typed error a worker reported as (class name, message), rebuilt on the other side."""
+    cls = globals().get(name)
+    if not (isinstance(cls, type) and issubclass(cls, FaceVerifyError)):
+        cls = FaceVerifyError
+    return cls(message)

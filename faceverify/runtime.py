@@ -74,13 +74,14 @@ def check_crops(crops, templates) -> None:
 class OnnxEmbedder:
     """The exported embedder: uint8 RGB crops, one (N, size, size, 3) array per template of the
     model (the graph's inputs, in order) → (N, dim) float32, like `TorchEmbedder`
-    (`interfaces.FaceEmbedder`)."""
+    (`interfaces.FaceEmbedder`). `threads`: onnxruntime threads (0: one per core)."""
 
     torch_free = True
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, batch_size: int = 64):
+    def __init__(self, path: str | Path, providers: list[str] | None = None, batch_size: int = 64,
+                 threads: int = 0):
         self.path = Path(path)
-        self.session = create_session(self.path, providers, fold_dequantize=True)
+        self.session = create_session(self.path, providers, threads, fold_dequantize=True)
         self.providers = self.session.get_providers()
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_json(props.get(METADATA_KEY, "{}"), str(path))

@@ -62,6 +62,14 @@ def test_every_objective_scores_a_separated_batch_below_a_shuffled_one(name):
     assert grouped.grad is not None and "hardest_neg_dist" in stats
 
 
+def test_no_objective_is_zero_but_keeps_the_graph():
+    """Distillation-only runs: the identity term adds nothing and still back-propagates."""
+    embeddings = F.normalize(torch.randn(16, 32), dim=1).requires_grad_()
+    loss, stats = build_objective(ObjectiveConfig(name="none"), 32, 4)(embeddings, torch.arange(4).repeat(4))
+    loss.backward()
+    assert float(loss) == 0.0 and torch.count_nonzero(embeddings.grad) == 0 and "violating_frac" in stats
+
+
 def test_build_objective_refuses_unknown_names():
     with pytest.raises(ValueError):
         build_objective(ObjectiveConfig(name="nope"), 32, 8)

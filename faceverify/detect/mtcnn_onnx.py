@@ -26,16 +26,17 @@ class OnnxMTCNN:
     `workers`: a call's images are split into this many shards detected concurrently (onnxruntime
     and numpy release the GIL, so one shard's Python runs while the other's networks do: 1.5× the
     images/s of one shard on 2 cores, bench/bench_pipeline.py). Default: 2 on the CPU, 1 on a GPU,
-    where one large batch is best."""
+    where one large batch is best. `threads`: onnxruntime threads per network (0: one per core; a
+    cluster worker that owns one core sets 1)."""
 
     def __init__(self, model_dir: str | Path | None = None, providers: list[str] | None = None,
                  min_face_size: int = 20, min_face_fraction: float = 0.0, max_side: int = DETECTION_MAX_SIDE,
                  min_score: float = MIN_FACE_SCORE, thresholds=(0.6, 0.7, 0.7), factor: float = 0.709,
-                 workers: int | None = None):
+                 workers: int | None = None, threads: int = 0):
         from ..runtime import create_session
 
         model_dir = Path(model_dir) if model_dir is not None else weights_dir() / "mtcnn"
-        self.pnet, self.rnet, self.onet = (create_session(model_dir / f"{n}.onnx", providers)
+        self.pnet, self.rnet, self.onet = (create_session(model_dir / f"{n}.onnx", providers, threads)
                                            for n in ("pnet", "rnet", "onet"))
         self.min_face_size, self.min_face_fraction = min_face_size, min_face_fraction
         self.max_side = checked_max_side(max_side)

@@ -47,6 +47,15 @@ def face_quality(face, crop: np.ndarray) -> dict:
             "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var())}
 
 
+def enrolment_photo(source: str, digest: str, result) -> dict:
+    """What a gallery stores of one photo (embedding, gate measures, thumbnail), or the error that
+    stopped it: computed wherever the photo was embedded, committed by `Gallery.add_photos`."""
+    if isinstance(result, FaceVerifyError):
+        return {"source": source, "sha256": digest, "error": str(result)}
+    return {"source": source, "sha256": digest, "error": None, "embedding": result.embedding,
+            "thumbnail": encode_thumbnail(result.crop), **face_quality(result.face, result.crop)}
+
+
 def image_digest(rgb: np.ndarray) -> str:
     """sha256 of decoded pixels (and shape): how a gallery recognises a photo it already holds."""
     return hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
@@ -229,17 +238,9 @@ class Gallery:
         results = self.verifier.analyze([rgb for *_, rgb in candidates], [source for _, source, _, _ in candidates])
         rows, refusals = [[] for _ in people], []  # refusals: per candidate, why it was not added
         for (person, source, digest, _), result in zip(candidates, results):
-            refusal = str(result) if isinstance(result, FaceVerifyError) else None
-            if refusal is None:
-                quality = face_quality(result.face, result.crop)
-                refusal = "; ".join(self.quality.problems(quality)) or None
-            refusals.append(refusal)
-            if refusal:
-                reports[person].rejected.append((source, refusal))
-                continue
-            rows[person].append({"source": source, "sha256": digest, "embedding": result.embedding,
-                                 "thumbnail": encode_thumbnail(result.crop), **quality})
-            reports[person].added.append(source)
+            photo = enrolment_photo(source, digest, result)
+            refusals.append(self._refusal(photo))
+            self._take(reports[person], rows[person], photo, refusals[-1])
         for person, source, original in copies:
             owner = reports[candidates[original][0]].name
             reports[person].rejected.append(
@@ -248,6 +249,36 @@ class Gallery:
             if person_rows:
                 self.store.add_images(report.name, person_rows)
         return reports
+
+    def add_photos(self, name: str, photos: Sequence[dict]) -> EnrollReport:
+        """Enroll one person from photos analysed elsewhere (`enrolment_photo`, e.g. by a cluster's
+        workers): the same duplicate checks and quality gate as `enroll`, then one transaction."""
+        report, rows = EnrollReport(_identity_name(name)), []
+        verdicts: dict[str, str] = {}  # digest → the refusal a later copy of the photo gets
+        for photo in photos:
+            digest = photo["sha256"]
+            stored = self.store.find_image(digest) if digest and digest not in verdicts else None
+            refusal = (verdicts[digest] if digest in verdicts else
+                       f"duplicate of an image already enrolled for {stored[1]!r}" if stored else
+                       self._refusal(photo))
+            if digest and digest not in verdicts:
+                verdicts[digest] = refusal or f"duplicate of an image already enrolled for {report.name!r}"
+            self._take(report, rows, photo, refusal)
+        if rows:
+            self.store.add_images(report.name, rows)
+        return report
+
+    def _refusal(self, photo: dict) -> str | None:
+        """Why an analysed photo cannot be enrolled (its error, or the quality gate's problems)."""
+        return photo["error"] or "; ".join(self.quality.problems(photo)) or None
+
+    @staticmethod
+    def _take(report: EnrollReport, rows: list, photo: dict, refusal: str | None) -> None:
+        if refusal:
+            report.rejected.append((photo["source"], refusal))
+        else:
+            rows.append({k: v for k, v in photo.items() if k != "error"})
+            report.added.append(photo["source"])
 
     # -------------------------------------------------------- identification
     def identify(self, images: Sequence[ImageInput], top_k: int = 5) -> list:

@@ -185,6 +185,10 @@ class GalleryStore(ABC):
             "SELECT images.id, identities.name, images.source FROM images JOIN identities "
             "ON identities.id = images.identity_id WHERE sha256 = ?", (sha256,)).fetchone()
 
+    def sources(self) -> set[str]:
+        """Where every enrolled image came from (a resumed bulk enrolment skips these)."""
+        return {r[0] for r in self._execute("SELECT source FROM images").fetchall()}
+
     def identity_count(self) -> int:
         return self._execute("SELECT COUNT(*) FROM identities").fetchone()[0]
 

@@ -15,6 +15,7 @@ from .memory_bank import MINING, MemoryBankTriplet
 
 OBJECTIVES = ("triplet", "contrastive", "ntxent", "supcon", "arcface")
 TRIPLET_MINING = ("batch-hard", "semihard", "hard", "all")
+NO_OBJECTIVE = "none"  # distillation alone: the identity labels only drive the P×K sampling
 
 
 @dataclass
@@ -66,9 +67,18 @@ def batch_distance_stats(embeddings: torch.Tensor, labels: torch.Tensor) -> dict
             "violating_frac": (pos >= neg)[both].float().mean()}
 
 
+class NoLoss(nn.Module):
+    """The zero loss of a distillation-only run, still connected to the graph."""
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return embeddings.sum() * 0.0
+
+
 def build_objective(cfg: ObjectiveConfig, embedding_dim: int, num_classes: int) -> Objective:
+    if cfg.name == NO_OBJECTIVE:
+        return Objective(NoLoss())
     if cfg.name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {cfg.name!r}; choose one of {OBJECTIVES}")
+        raise ValueError(f"unknown objective {cfg.name!r}; choose one of {(*OBJECTIVES, NO_OBJECTIVE)}")
     if cfg.memory_bank > 0:
         if cfg.name != "triplet" or cfg.mining not in MINING:
             raise ValueError(f"the memory bank is a triplet objective with mining in {MINING}")

@@ -37,7 +37,7 @@ from .callbacks import Callback, DevEvaluation, RunLog, StepLogger
 from .config import TrainConfig
 from .distill import Distillation, centred
 from .face_array import load_face_array
-from .losses import build_objective
+from .losses import NO_OBJECTIVE, build_objective
 from .methods import build_method
 from .sampling import PKBatches, RandomBatches
 from .schedule import WarmupCosineSchedule
@@ -116,6 +116,8 @@ class Trainer:
 
     def _method(self):
         cfg = self.cfg
+        if cfg.objective.name == NO_OBJECTIVE and not self.targets:
+            raise ValueError("objective.name=none trains by distillation alone: set distill.teachers")
         objective = (build_objective(cfg.objective, self.model.embedding_dim, len(self.data.identities))
                      if self.supervised else None)
         distillation = (Distillation(self.model.embedding_dim,

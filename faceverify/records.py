@@ -1,0 +1,79 @@
+"""One row per photo of a bulk run: the columns `faceverify embed --out X.parquet` writes on one
+machine and the Ray path (`cluster`) writes on many, so the two outputs compare row for row.
+
+`status` is "ok" or the typed error's class name (`NoFaceError`, `InvalidImageError`, ...) with its
+message in `error`; a failed photo has null box, landmarks and embedding. Enrolment rows add what a
+gallery stores per photo (`ENROLMENT_FIELDS`). Parquet needs pyarrow (the `ray` extra brings it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import FaceVerifyError
+
+OK = "ok"
+#: columns of a result row, in file order
+FIELDS = ("path", "status", "error", "box", "score", "landmarks", "faces_found", "embedding", "model_sha256")
+#: what an enrolment row adds: the identity, the decoded pixels' digest, the gate's measures and the
+#: thumbnail a gallery keeps
+ENROLMENT_FIELDS = ("identity", "sha256", "det_score", "face_size", "sharpness", "thumbnail")
+
+
+def result_row(path: str, result, model_sha256: str) -> dict:
+    """The row of one photo: its `FaceEmbedding`, or the `FaceVerifyError` that stopped it."""
+    if isinstance(result, FaceVerifyError):
+        return {"path": str(path), "status": type(result).__name__, "error": str(result), "box": None,
+                "score": None, "landmarks": None, "faces_found": getattr(result, "faces_found", None),
+                "embedding": None, "model_sha256": model_sha256}
+    face = result.face
+    return {"path": str(path), "status": OK, "error": None,
+            "box": np.asarray(face.box, np.float32).tolist(), "score": float(face.score),
+            "landmarks": np.asarray(face.landmarks, np.float32).reshape(-1).tolist(),
+            "faces_found": int(result.faces_found),
+            "embedding": np.asarray(result.embedding, np.float32).tolist(), "model_sha256": model_sha256}
+
+
+def schema(enrolment: bool = False):
+    import pyarrow as pa
+
+    columns = [("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
+               ("box", pa.list_(pa.float32(), 4)), ("score", pa.float32()),
+               ("landmarks", pa.list_(pa.float32(), 10)), ("faces_found", pa.int32()),
+               ("embedding", pa.list_(pa.float32())), ("model_sha256", pa.string())]
+    if enrolment:
+        columns += [("identity", pa.string()), ("sha256", pa.string()), ("det_score", pa.float32()),
+                    ("face_size", pa.float32()), ("sharpness", pa.float32()), ("thumbnail", pa.binary())]
+    return pa.schema(columns)
+
+
+def table(rows: Sequence[dict], enrolment: bool = False):
+    """The rows as a pyarrow Table of the fixed schema (empty rows → an empty table, same columns)."""
+    import pyarrow as pa
+
+    fields = schema(enrolment)
+    return pa.Table.from_pylist([{name: row.get(name) for name in fields.names} for row in rows], schema=fields)
+
+
+def write_parquet(rows: Sequence[dict], path: str | Path) -> None:
+    """Write `rows` to one Parquet file, atomically: a crash leaves the old file or none, never half
+    of one."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    pq.write_table(table(rows), partial)
+    os.replace(partial, path)
+
+
+def read_results(path: str | Path):
+    """A Parquet file, or a folder of part files (the Ray path's output), as one Table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    return pa.concat_tables([pq.read_table(f, schema=schema()) for f in files]) if files else table([])
