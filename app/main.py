@@ -117,6 +117,9 @@ class FaceApp:
         verdict = (f"## {'Same person' if result.same else 'Different people'}\n"
                    f"Similarity **{result.score:.3f}** {'≥' if result.same else '<'} threshold "
                    f"{result.threshold:.3f} ({self.threshold_meaning(result.threshold)}).")
+        if not result.reliable:
+            verdict += ("\n\n**Unreliable:** " + "; ".join(result.problems) +
+                        ". A decision on such a photo is often wrong: use a clearer, frontal one.")
         if notes:
             verdict += "\n\n" + "\n\n".join(notes)
         return verdict, shown[0], shown[1], self.outputs(side_by_side([f.crop for f in chosen]))
@@ -138,6 +141,9 @@ class FaceApp:
         headline = (f"## {result.name}\nscore {result.score:.3f} ≥ gallery threshold {result.threshold:.3f}"
                     if result.name else f"## Unknown\nbest match {result.matches[0][0]} scores "
                     f"{result.score:.3f} < gallery threshold {result.threshold:.3f}")
+        if not result.reliable:
+            headline += ("\n\n**Unreliable:** " + "; ".join(result.problems) +
+                         ". An answer for such a photo is often wrong: use a clearer, frontal one.")
         return headline, [(self.outputs(t), c) for t, c in thumbs if t is not None]
 
     # ---------------------------------------------------------------- enroll

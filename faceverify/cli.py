@@ -36,13 +36,20 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-detection-side", type=_positive_int, default=DETECTION_MAX_SIDE, metavar="PX",
                         help="detect on a copy at most PX pixels a side (faster on large photos; "
                              f"default {DETECTION_MAX_SIDE})")
+    parser.add_argument("--assume-cropped", action="store_true",
+                        help="every photo is a face crop already (ID photos, thumbnails): take the "
+                             "whole photo as the face, landmarks from MTCNN's last stage")
+    parser.add_argument("--quality-floor", type=float, metavar="Q",
+                        help="flag faces whose quality score is below Q as unreliable, and refuse "
+                             "to enroll them (default: the model's floor)")
 
 
 def _verifier(args, face_policy: str = "single"):
     from .verifier import Verifier
 
     return Verifier(args.model, device=args.device, face_policy=face_policy, flip=args.flip,
-                    min_face_fraction=args.min_face_fraction, max_detection_side=args.max_detection_side)
+                    min_face_fraction=args.min_face_fraction, max_detection_side=args.max_detection_side,
+                    quality_floor=args.quality_floor, assume_cropped=args.assume_cropped)
 
 
 def add_verify(sub) -> None:
@@ -63,7 +70,8 @@ def cmd_verify(args) -> int:
     else:
         verdict = "same person" if result.same else "different people"
         print(f"{verdict}: score {result.score:.4f} "
-              f"{'>=' if result.same else '<'} threshold {result.threshold:.4f}")
+              f"{'>=' if result.same else '<'} threshold {result.threshold:.4f}"
+              + ("" if result.reliable else f" (unreliable: {'; '.join(result.problems)})"))
     return EXIT_OK
 
 
@@ -389,7 +397,8 @@ def cmd_identify(args) -> int:
             rows.append({"image": str(path), **result.to_dict()})
             if not args.json:
                 print(f"{path}: {result.name or 'unknown'} (score {result.score:.4f}, "
-                      f"threshold {result.threshold:.4f})")
+                      f"threshold {result.threshold:.4f})"
+                      + ("" if result.reliable else f" (unreliable: {'; '.join(result.problems)})"))
     if args.json:
         print(json.dumps(rows, indent=2))
     return EXIT_OK if any("error" not in r for r in rows) else EXIT_INPUT

@@ -100,7 +100,8 @@ def detect_batch(batch: dict, spec: PipelineSpec, digests: bool) -> dict:
            "score": np.array([f.face.score if f else np.nan for f in faces], np.float32),
            "landmarks": np.array([f.face.landmarks if f else np.full((5, 2), np.nan) for f in faces],
                                  np.float32).reshape(-1, 5, 2),
-           "faces_found": np.array([f.faces_found if f else 0 for f in faces], np.int32)}
+           "faces_found": np.array([f.faces_found if f else 0 for f in faces], np.int32),
+           "whole_image": np.array([bool(f and f.face.whole_image) for f in faces])}
     for t, template in enumerate(verifier.templates):
         blank = np.zeros((template.size, template.size, 3), np.uint8)
         out[f"crop{t}"] = np.stack([f.crops[t] if f else blank for f in faces]) if faces else \
@@ -119,17 +120,17 @@ class EmbedFaces:
         self.verifier = worker_verifier(spec)
 
     def __call__(self, batch: dict):
-        from .detect import Face
+        from .detect import AlignedFace, Face
         from .gallery.gallery import enrolment_photo
-        from .verifier import FaceEmbedding
 
         ok = np.flatnonzero(batch["status"] == records.OK)
-        crops = [batch[f"crop{t}"][ok] for t in range(len(self.verifier.templates))]
-        embeddings = self.verifier.embed_aligned(*crops) if len(ok) else []
+        faces = [AlignedFace(Face(batch["box"][i], float(batch["score"][i]), batch["landmarks"][i],
+                                  bool(batch["whole_image"][i])),
+                             tuple(batch[f"crop{t}"][i] for t in range(len(self.verifier.templates))),
+                             int(batch["faces_found"][i])) for i in ok]
         results: list = [error_from_name(s, e) for s, e in zip(batch["status"], batch["error"])]
-        for j, (i, embedding) in enumerate(zip(ok, embeddings)):
-            face = Face(batch["box"][i], float(batch["score"][i]), batch["landmarks"][i])
-            results[i] = FaceEmbedding(face, tuple(c[j] for c in crops), int(batch["faces_found"][i]), embedding)
+        for i, face in zip(ok, self.verifier.embed_faces(faces)):
+            results[i] = face
         rows = [records.result_row(p, r, self.spec.model_sha256) for p, r in zip(batch["path"], results)]
         if self.enrolment:
             for row, result, digest, identity in zip(rows, results, batch["sha256"], batch["identity"]):
@@ -255,5 +256,6 @@ def _photo(row: dict) -> dict:
              "error": row["error"] if row["status"] != records.OK else None}
     if photo["error"] is None:
         photo.update(embedding=np.asarray(row["embedding"], np.float32), thumbnail=row["thumbnail"],
-                     det_score=row["det_score"], face_size=row["face_size"], sharpness=row["sharpness"])
+                     det_score=row["det_score"], face_size=row["face_size"], sharpness=row["sharpness"],
+                     quality=row["quality"], quality_problems=row["problems"])
     return photo

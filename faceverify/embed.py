@@ -34,13 +34,24 @@ class TorchEmbedder:
         model, metadata = load_checkpoint(path, device)
         return cls(model, metadata, device, batch_size)
 
-    @torch.inference_mode()
     def __call__(self, *crops: np.ndarray) -> np.ndarray:
+        return self.features(*crops)[0]
+
+    @torch.inference_mode()
+    def features(self, *crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embeddings, each member's raw feature norm (N, members), or None for a network that
+        has no such output)."""
         check_crops(crops, self.metadata.templates)
         count = len(crops[0])
         out = np.empty((count, self.metadata.embedding_dim), dtype=np.float32)
+        norms = []
         for start in range(0, count, self.batch_size):
             batches = [torch.from_numpy(np.ascontiguousarray(c[start:start + self.batch_size]))
                        .to(self.device).permute(0, 3, 1, 2) for c in crops]
-            out[start:start + len(batches[0])] = self.model(*batches).float().cpu().numpy()
-        return out
+            if hasattr(self.model, "features"):
+                embeddings, batch_norms = self.model.features(*batches)
+                norms.append(batch_norms.float().cpu().numpy())
+            else:
+                embeddings = self.model(*batches)
+            out[start:start + len(batches[0])] = embeddings.float().cpu().numpy()
+        return out, (np.concatenate(norms) if norms else None)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .runtime import MEMBER_NORMS
 from .metadata import ModelMetadata
 from .models import Ensemble, load_checkpoint
 from .models.ensemble import kind
@@ -81,7 +82,7 @@ def torch_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str = "i
 
 def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bool = False):
     """One ONNX graph for `model` (see the module docstring): inputs `faces_<template>`
-    (N, size, size, 3) in `model.templates` order, output "embeddings"."""
+    (N, size, size, 3) in `model.templates` order, outputs "embeddings" and `MEMBER_NORMS`."""
     import onnx
     from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
@@ -99,7 +100,8 @@ def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bo
         inputs.append(helper.make_tensor_value_info(name, dtype, ["batch", t.size, t.size, 3]))
         nodes += [helper.make_node("Cast", [name], [f"{name}/float"], to=TensorProto.FLOAT),
                   helper.make_node("Transpose", [f"{name}/float"], [f"{name}/nchw"], perm=[0, 3, 1, 2])]
-    parts = []
+    parts, norms = [], []
+    initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axis_1"))
     for i, (spec, graph) in enumerate(zip(model.specs, graphs)):
         graph = compose.add_prefix(graph, f"m{i}/")
         stored = {init.name for init in graph.graph.initializer}
@@ -109,8 +111,12 @@ def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bo
         nodes += list(graph.graph.node)
         initializers += list(graph.graph.initializer)
         value_info += list(graph.graph.value_info)
-        unit = f"m{i}/unit"
-        nodes.append(helper.make_node("LpNormalization", [graph.graph.output[0].name], [unit], axis=1, p=2))
+        unit, raw = f"m{i}/unit", graph.graph.output[0].name
+        nodes += [helper.make_node("LpNormalization", [raw], [unit], axis=1, p=2),
+                  helper.make_node("Mul", [raw, raw], [f"m{i}/squares"]),
+                  helper.make_node("ReduceSum", [f"m{i}/squares", "axis_1"], [f"m{i}/sum"], keepdims=1),
+                  helper.make_node("Sqrt", [f"m{i}/sum"], [f"m{i}/norm"])]
+        norms.append(f"m{i}/norm")
         centre = getattr(model, f"centre_{i}")
         if centre is not None:
             initializers.append(numpy_helper.from_array(centre.numpy().astype(np.float32)[None], f"m{i}/centre"))
@@ -121,9 +127,11 @@ def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bo
         nodes.append(helper.make_node("Mul", [unit, f"m{i}/scale"], [f"m{i}/part"]))
         parts.append(f"m{i}/part")
     nodes += [helper.make_node("Concat", parts, ["joined"], axis=1),
-              helper.make_node("LpNormalization", ["joined"], ["embeddings"], axis=1, p=2)]
-    output = helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", model.embedding_dim])
-    graph = helper.make_graph(nodes, "faceverify-ensemble", inputs, [output], initializers, value_info=value_info)
+              helper.make_node("LpNormalization", ["joined"], ["embeddings"], axis=1, p=2),
+              helper.make_node("Concat", norms, [MEMBER_NORMS], axis=1)]
+    outputs = [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", model.embedding_dim]),
+               helper.make_tensor_value_info(MEMBER_NORMS, TensorProto.FLOAT, ["batch", len(norms)])]
+    graph = helper.make_graph(nodes, "faceverify-ensemble", inputs, outputs, initializers, value_info=value_info)
     imports = {}
     for g in graphs:
         for o in g.opset_import:

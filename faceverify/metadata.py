@@ -39,6 +39,8 @@ class ModelMetadata:
     #: an ensemble's networks, each {name, arch, embedding_dim, template, weight, licence, source,
     #: source_sha256}: the embedding concatenates their unit embeddings scaled by √weight (`models.ensemble`)
     members: list = field(default_factory=list)
+    #: the per-face quality model fitted for these embeddings (`quality.QualityModel.to_dict`), or None
+    quality: dict | None = None
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -62,8 +64,9 @@ class ModelMetadata:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        if out["onnx"] is None:
-            del out["onnx"]
+        for optional in ("onnx", "quality"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     def to_json(self) -> str:

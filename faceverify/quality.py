@@ -23,12 +23,11 @@ import cv2
 import numpy as np
 
 #: MTCNN's five points on a mean frontal face (x right, y up, z towards the camera), in the
-#: ArcFace template's units (eyes 35 apart): x and y are the template's points, depths are
-#: anthropometric (the nose tip ~11 in front of the eyes, the mouth corners ~5).
-FACE_3D = np.array([[-17.62, 0.0, 0.0], [17.62, 0.0, 0.0], [0.0, -20.14, 11.0],
-                    [-14.59, -40.67, 5.0], [14.59, -40.67, 5.0]], np.float64)
-#: eye distance of `FACE_3D`
-_EYES_3D = 35.24
+#: ArcFace template's units (eyes 35 apart, ~63 mm): x and y are the template's points (within a
+#: pixel of the median of MTCNN's points on LFW's train split), depths anthropometric: the nose
+#: tip ~28 mm in front of the pupils, the mouth corners ~25 mm behind the nose tip.
+FACE_3D = np.array([[-17.62, 0.0, 0.0], [17.62, 0.0, 0.0], [0.0, -20.14, 15.7],
+                    [-14.59, -40.67, 1.7], [14.59, -40.67, 1.7]], np.float64)
 
 
 @dataclass(frozen=True)
@@ -48,17 +47,17 @@ def head_pose(landmarks: np.ndarray) -> tuple[HeadPose, float]:
     points = np.asarray(landmarks, np.float64).reshape(5, 2) * [1.0, -1.0]  # y up, like the model
     model = FACE_3D - FACE_3D.mean(0)
     projection, *_ = np.linalg.lstsq(model, points - points.mean(0), rcond=None)  # (3, 2)
-    first, second = projection.T
-    scale = (np.linalg.norm(first) + np.linalg.norm(second)) / 2
-    r1 = first / np.linalg.norm(first)
-    r2 = second - (r1 @ second) * r1
-    r2 /= np.linalg.norm(r2)
+    # the nearest pair of orthonormal rows (polar decomposition): unlike Gram-Schmidt it treats
+    # image x and y alike, so turning the photo turns only the roll
+    u, singular, vt = np.linalg.svd(projection.T, full_matrices=False)
+    r1, r2 = u @ vt
+    scale = float(singular.mean())
     r3 = np.cross(r1, r2)  # rows of the rotation: image x, image y, towards the camera
     # R = Rz(roll) Ry(yaw) Rx(pitch), read off its rows
     yaw = math.degrees(math.asin(np.clip(-r3[0], -1, 1)))
     pitch = math.degrees(math.atan2(r3[1], r3[2]))
     roll = math.degrees(math.atan2(r2[0], r1[0]))
-    return HeadPose(yaw, pitch, roll), float(scale)
+    return HeadPose(yaw, pitch, roll), scale
 
 
 @dataclass
@@ -73,26 +72,33 @@ class FaceQuality:
     brightness: float  # mean grey of the crop, 0-1
     contrast: float  # standard deviation of grey, 0-1
     det_score: float
+    #: each member network's feature norm before normalisation (empty: the model has none)
+    feature_norms: list = field(default_factory=list)
+    whole_image: bool = False  # the detector found no face: the whole photo was taken as one
     score: float | None = None  # [0, 1] from the model's `QualityModel`; None without one
     reliable: bool = True
     problems: list = field(default_factory=list)  # why not reliable, in words
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out["feature_norms"] = [round(float(v), 4) for v in self.feature_norms]
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-def measure(face, crop: np.ndarray) -> FaceQuality:
-    """The quality measures of a detected `face` (image-pixel landmarks) and its aligned RGB crop."""
+def measure(face, crop: np.ndarray, feature_norms=()) -> FaceQuality:
+    """The quality measures of a detected `face` (image-pixel landmarks), its aligned RGB crop
+    and, where the embedder reports them, its members' feature norms."""
     pose, _ = head_pose(face.landmarks)
     left, right = np.asarray(face.landmarks, np.float64)[:2]
     grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     return FaceQuality(pose.yaw, pose.pitch, pose.roll, float(np.linalg.norm(right - left)),
                        float(cv2.Laplacian(grey, cv2.CV_64F).var()), float(grey.mean() / 255),
-                       float(grey.std() / 255), float(face.score))
+                       float(grey.std() / 255), float(face.score), [float(v) for v in feature_norms],
+                       bool(getattr(face, "whole_image", False)))
 
 
-#: inputs of the quality model, each a function of a `FaceQuality`
+#: inputs of the quality model, each a function of a `FaceQuality`; a model whose embedder reports
+#: member feature norms adds one input per member (`norm_feature`)
 FEATURES = {
     "abs_yaw": lambda q: abs(q.yaw) / 45,
     "yaw_sq": lambda q: (q.yaw / 45) ** 2,
@@ -106,8 +112,26 @@ FEATURES = {
 }
 
 
-def feature_matrix(qualities) -> np.ndarray:
-    return np.array([[f(q) for f in FEATURES.values()] for q in qualities], np.float64).reshape(-1, len(FEATURES))
+def norm_feature(member: int) -> str:
+    return f"norm_{member}"
+
+
+def _feature(name: str):
+    if name in FEATURES:
+        return FEATURES[name]
+    if name.startswith("norm_") and name[5:].isdigit():
+        return lambda q: q.feature_norms[int(name[5:])]
+    raise ValueError(f"unknown quality feature {name!r}")
+
+
+def feature_names(members: int) -> list[str]:
+    """The quality model's inputs for an embedder reporting `members` feature norms."""
+    return [*FEATURES, *(norm_feature(i) for i in range(members))]
+
+
+def feature_matrix(qualities, names: list[str]) -> np.ndarray:
+    functions = [_feature(n) for n in names]
+    return np.array([[f(q) for f in functions] for q in qualities], np.float64).reshape(-1, len(names))
 
 
 @dataclass
@@ -125,7 +149,7 @@ class QualityModel:
     fitted_on: dict = field(default_factory=dict)  # data, operating point, counts
 
     def scores(self, qualities) -> np.ndarray:
-        x = (feature_matrix(qualities) - self.mean) / self.std
+        x = (feature_matrix(qualities, self.features) - self.mean) / self.std
         return 1.0 / (1.0 + np.exp(-(x @ np.asarray(self.coef) + self.intercept)))
 
     def apply(self, quality: FaceQuality) -> FaceQuality:
@@ -141,8 +165,8 @@ class QualityModel:
     @classmethod
     def from_dict(cls, raw: dict) -> "QualityModel":
         model = cls(**raw)
-        if model.features != list(FEATURES):
-            raise ValueError(f"quality model features {model.features} are not this version's {list(FEATURES)}")
+        for name in model.features:
+            _feature(name)  # refuses a model file whose inputs this version cannot compute
         return model
 
     @classmethod
@@ -150,8 +174,9 @@ class QualityModel:
             **info) -> "QualityModel":
         """Fit on faces with the fraction of their genuine comparisons that passed (`successes`,
         in [0, 1]) and how many there were (`weights`): Newton steps on the weighted,
-        L2-regularised cross-entropy."""
-        x = feature_matrix(qualities)
+        L2-regularised cross-entropy. The inputs: `FEATURES` and the faces' member norms."""
+        names = feature_names(len(qualities[0].feature_norms))
+        x = feature_matrix(qualities, names)
         mean, std = x.mean(0), x.std(0) + 1e-9
         x = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
         y = np.asarray(successes, np.float64)
@@ -167,7 +192,7 @@ class QualityModel:
             beta -= step
             if np.abs(step).max() < 1e-8:
                 break
-        return cls(mean.tolist(), std.tolist(), beta[:-1].tolist(), float(beta[-1]), fitted_on=info)
+        return cls(mean.tolist(), std.tolist(), beta[:-1].tolist(), float(beta[-1]), features=names, fitted_on=info)
 
 
 #: the pose, size and image limits `problems` names a face by (hints; the score is the gate)
@@ -181,7 +206,7 @@ def problems(quality: FaceQuality, floor: float | None = None) -> list[str]:
     if abs(q.yaw) > HINTS["yaw"]:
         out.append(f"face turned ~{abs(q.yaw):.0f}° to the side")
     if abs(q.pitch) > HINTS["pitch"]:
-        out.append(f"face tilted ~{abs(q.pitch):.0f}° {'up' if q.pitch > 0 else 'down'}")
+        out.append(f"face tilted ~{abs(q.pitch):.0f}° {'down' if q.pitch > 0 else 'up'}")
     if abs(q.roll) > HINTS["roll"]:
         out.append(f"head leaning ~{abs(q.roll):.0f}°")
     if q.eye_distance < HINTS["eye_distance"]:
@@ -192,7 +217,9 @@ def problems(quality: FaceQuality, floor: float | None = None) -> list[str]:
         out.append("too dark")
     elif q.brightness > HINTS["bright"]:
         out.append("overexposed")
-    if q.det_score < HINTS["det_score"]:
+    if q.whole_image:
+        out.append("no face detected: the whole photo was taken as the face")
+    elif q.det_score < HINTS["det_score"]:
         out.append(f"uncertain face (detector {q.det_score:.2f})")
     if floor is not None and q.score is not None and q.score < floor and not out:
         out.append(f"low quality ({q.score:.2f} < {floor:.2f})")

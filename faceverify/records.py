@@ -2,7 +2,9 @@
 machine and the Ray path (`cluster`) writes on many, so the two outputs compare row for row.
 
 `status` is "ok" or the typed error's class name (`NoFaceError`, `InvalidImageError`, ...) with its
-message in `error`; a failed photo has null box, landmarks and embedding. Enrolment rows add what a
+message in `error`; a failed photo has null box, landmarks and embedding. `quality` is the face's
+score by the model's quality model, `reliable` whether it clears the floor, `problems` what the
+quality hints see in it (`quality.py`). Enrolment rows add what a
 gallery stores per photo (`ENROLMENT_FIELDS`). Parquet needs pyarrow (the `ray` extra brings it).
 """
 from __future__ import annotations
@@ -14,10 +16,9 @@ from typing import Sequence
 import numpy as np
 
 from .errors import FaceVerifyError
+from .quality import problems
 
 OK = "ok"
-#: columns of a result row, in file order
-FIELDS = ("path", "status", "error", "box", "score", "landmarks", "faces_found", "embedding", "model_sha256")
 #: what an enrolment row adds: the identity, the decoded pixels' digest, the gate's measures and the
 #: thumbnail a gallery keeps
 ENROLMENT_FIELDS = ("identity", "sha256", "det_score", "face_size", "sharpness", "thumbnail")
@@ -27,13 +28,15 @@ def result_row(path: str, result, model_sha256: str) -> dict:
     """The row of one photo: its `FaceEmbedding`, or the `FaceVerifyError` that stopped it."""
     if isinstance(result, FaceVerifyError):
         return {"path": str(path), "status": type(result).__name__, "error": str(result), "box": None,
-                "score": None, "landmarks": None, "faces_found": getattr(result, "faces_found", None),
-                "embedding": None, "model_sha256": model_sha256}
-    face = result.face
+                "score": None, "landmarks": None, "faces_found": None, "whole_image": None, "quality": None,
+                "reliable": None, "problems": None, "embedding": None, "model_sha256": model_sha256}
+    face, quality = result.face, result.quality
     return {"path": str(path), "status": OK, "error": None,
             "box": np.asarray(face.box, np.float32).tolist(), "score": float(face.score),
             "landmarks": np.asarray(face.landmarks, np.float32).reshape(-1).tolist(),
-            "faces_found": int(result.faces_found),
+            "faces_found": int(result.faces_found), "whole_image": bool(face.whole_image),
+            "quality": quality.score if quality is not None else None, "reliable": result.reliable,
+            "problems": problems(quality) if quality is not None else [],
             "embedding": np.asarray(result.embedding, np.float32).tolist(), "model_sha256": model_sha256}
 
 
@@ -43,6 +46,8 @@ def schema(enrolment: bool = False):
     columns = [("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
                ("box", pa.list_(pa.float32(), 4)), ("score", pa.float32()),
                ("landmarks", pa.list_(pa.float32(), 10)), ("faces_found", pa.int32()),
+               ("whole_image", pa.bool_()), ("quality", pa.float32()), ("reliable", pa.bool_()),
+               ("problems", pa.list_(pa.string())),
                ("embedding", pa.list_(pa.float32())), ("model_sha256", pa.string())]
     if enrolment:
         columns += [("identity", pa.string()), ("sha256", pa.string()), ("det_score", pa.float32()),

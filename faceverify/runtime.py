@@ -18,6 +18,8 @@ from .metadata import ModelMetadata
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "faceverify"
+#: the ensemble graph's second output: each member's feature norm before normalisation
+MEMBER_NORMS = "member_norms"
 
 
 def default_providers() -> list[str]:
@@ -91,11 +93,21 @@ class OnnxEmbedder:
                              f"{len(self.metadata.templates)} alignment templates")
         self.batch_size = batch_size
         self._dtypes = [np.uint8 if i.type == "tensor(uint8)" else np.float32 for i in self.inputs]
+        names = [o.name for o in self.session.get_outputs()]
+        self._outputs = [names[0]] + ([MEMBER_NORMS] if MEMBER_NORMS in names else [])
 
     def __call__(self, *crops: np.ndarray) -> np.ndarray:
+        return self.features(*crops)[0]
+
+    def features(self, *crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embeddings, each member's raw feature norm (N, members) when the graph outputs them
+        (`MEMBER_NORMS`), else None)."""
         check_crops(crops, self.metadata.templates)
         count = len(crops[0])
-        out = [self.session.run(None, {i.name: c[start:start + self.batch_size].astype(t, copy=False)
-                                       for i, c, t in zip(self.inputs, crops, self._dtypes)})[0]
-               for start in range(0, count, self.batch_size)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.metadata.embedding_dim), np.float32)
+        runs = [self.session.run(self._outputs, {i.name: c[start:start + self.batch_size].astype(t, copy=False)
+                                                 for i, c, t in zip(self.inputs, crops, self._dtypes)})
+                for start in range(0, count, self.batch_size)]
+        if not runs:
+            return np.zeros((0, self.metadata.embedding_dim), np.float32), None
+        outputs = [np.concatenate(parts).astype(np.float32) for parts in zip(*runs)]
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)

@@ -15,13 +15,14 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .bundled import weights_dir
-from .detect import DETECTION_MAX_SIDE, AlignedFace, Detector, align_all, detect_faces
+from .detect import DETECTION_MAX_SIDE, AlignedFace, AssumeCropped, Detector, align_all, detect_faces
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput
 from .interfaces import FaceEmbedder
 from .metadata import ModelMetadata
 from .metrics import cosine_scores
 from .pipeline import aligned_batches, run_ahead
+from .quality import FaceQuality, QualityModel, measure
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +46,46 @@ def default_model_path() -> Path:
 
 @dataclass
 class FaceEmbedding(AlignedFace):
-    """A face that carries its embedding, so nothing downstream detects or embeds it again."""
+    """A face that carries its embedding and its quality, so nothing downstream detects, embeds or
+    measures it again."""
 
     embedding: np.ndarray
+    quality: FaceQuality | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.quality is None or self.quality.reliable
 
 
 @dataclass
 class VerificationResult:
+    """The decision, and whether both faces are good enough to trust it (`reliable`; if not,
+    `problems` says what is wrong with which photo)."""
+
     score: float
     same: bool
     threshold: float
     faces: tuple  # (FaceEmbedding, FaceEmbedding)
 
+    @property
+    def reliable(self) -> bool:
+        return all(f.reliable for f in self.faces)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{which} photo: {p}" for which, f in zip(("first", "second"), self.faces)
+                for p in (f.quality.problems if f.quality else [])]
+
     def to_dict(self) -> dict:
         return {"same": self.same, "score": round(self.score, 6), "threshold": self.threshold,
-                "faces": [{**f.face.to_dict(), "faces_found": f.faces_found} for f in self.faces]}
+                "reliable": self.reliable, "problems": self.problems,
+                "faces": [face_dict(f) for f in self.faces]}
+
+
+def face_dict(face: FaceEmbedding) -> dict:
+    """A face for JSON: box, score, landmarks, how many faces the photo held, its quality."""
+    return {**face.face.to_dict(), "faces_found": face.faces_found,
+            "quality": face.quality.to_dict() if face.quality else None}
 
 
 class Verifier:
@@ -73,12 +99,17 @@ class Verifier:
     measured in bench/bench_pipeline.py and the README): `min_face_fraction` skips faces smaller
     than that fraction of the image's short side (fewer pyramid levels); `max_detection_side`
     detects on a copy shrunk to at most that many pixels a side (alignment still uses the original).
+    `quality_floor`: the quality score below which a face is flagged unreliable (default: the one
+    stored with the model's quality model; `quality.py`). `assume_cropped`: every photo is a
+    face crop already (ID photos, thumbnails): no detection, the whole photo is the face, its
+    landmarks from MTCNN's last stage (`detect.AssumeCropped`).
     """
 
     def __init__(self, model: str | Path | None = None, *, detector: Detector | None = None,
                  embedder: FaceEmbedder | None = None,
                  device: str | None = None, face_policy: str = "single", flip: bool | None = None,
-                 min_face_fraction: float = 0.0, max_detection_side: int = DETECTION_MAX_SIDE):
+                 min_face_fraction: float = 0.0, max_detection_side: int = DETECTION_MAX_SIDE,
+                 quality_floor: float | None = None, assume_cropped: bool = False):
         if embedder is None:
             embedder = load_embedder(model if model is not None else default_model_path(), device)
         self.embedder = embedder
@@ -86,11 +117,15 @@ class Verifier:
         if detector is None:
             detector = _default_detector(embedder, device, min_face_fraction=min_face_fraction,
                                          max_side=max_detection_side)
-        self.detector = detector
+        self.detector = AssumeCropped(detector) if assume_cropped else detector
         self.face_policy = face_policy
         self.flip = self.metadata.flip if flip is None else flip
         #: the alignments the model takes, in its input order (`ModelMetadata.templates`)
         self.templates = self.metadata.templates
+        #: the model's own quality calibration (None: measures only, every face reliable)
+        self.quality_model = QualityModel.from_dict(self.metadata.quality) if self.metadata.quality else None
+        if self.quality_model and quality_floor is not None:
+            self.quality_model.floor = float(quality_floor)
         log.info("faceverify: embedder on %s, detector %s", self.providers, type(detector).__name__)
 
     @classmethod
@@ -140,17 +175,30 @@ class Verifier:
         """The aligned faces, each now carrying its embedding."""
         if not faces:
             return []
-        embeddings = self.embed_aligned(*(np.stack(crops) for crops in zip(*(f.crops for f in faces))))
-        return [FaceEmbedding(f.face, f.crops, f.faces_found, e) for f, e in zip(faces, embeddings)]
+        embeddings, norms = self.features(*(np.stack(crops) for crops in zip(*(f.crops for f in faces))))
+        norms = norms if norms is not None else [()] * len(faces)
+        return [FaceEmbedding(f.face, f.crops, f.faces_found, e, self.quality_of(f, n))
+                for f, e, n in zip(faces, embeddings, norms)]
+
+    def quality_of(self, face: AlignedFace, feature_norms=()) -> FaceQuality:
+        """The face's quality measures, scored by the model's quality model when it has one."""
+        quality = measure(face.face, face.crop, feature_norms)
+        return self.quality_model.apply(quality) if self.quality_model else quality
 
     def embed_aligned(self, *crops: np.ndarray) -> np.ndarray:
         """Embeddings of aligned uint8 crops, one (N, size, size, 3) array per template of the
         model, with flip averaging if enabled."""
-        embeddings = self.embedder(*crops)
+        return self.features(*crops)[0]
+
+    def features(self, *crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(`embed_aligned`'s embeddings, the members' feature norms of the unflipped crops or
+        None): what `quality_of` reads besides the face."""
+        features = getattr(self.embedder, "features", None)
+        embeddings, norms = features(*crops) if features else (self.embedder(*crops), None)
         if self.flip:
             embeddings = embeddings + self.embedder(*(np.ascontiguousarray(c[:, :, ::-1]) for c in crops))
             embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-        return embeddings
+        return embeddings, norms
 
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
         """(N, dim) embeddings; raises the first image's error if any image has no usable face."""

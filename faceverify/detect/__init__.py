@@ -1,9 +1,9 @@
 """Face detection: a `Detector` protocol, the MTCNN backends, the face-selection policy, and
 detect → select → align as one step (`detect_and_align`)."""
-from .base import (DETECTION_MAX_SIDE, POLICIES, Detector, Face, pad_for_detection, select_face,
-                   shift_face)
+from .base import (DETECTION_MAX_SIDE, POLICIES, AssumeCropped, Detector, Face, pad_for_detection,
+                   select_face, shift_face)
 
-__all__ = ["DETECTION_MAX_SIDE", "POLICIES", "AlignedFace", "DetectedImage", "Detector", "Face",
+__all__ = ["DETECTION_MAX_SIDE", "POLICIES", "AssumeCropped", "AlignedFace", "DetectedImage", "Detector", "Face",
            "align_all", "detect_and_align", "detect_faces", "pad_for_detection", "select_face",
            "shift_face", "TorchMTCNN", "OnnxMTCNN"]
 

@@ -1,7 +1,8 @@
 """Detect → select → align, the step every caller shares (verifier, prepare, evaluation, bench).
 
 `detect_faces` loads each image and finds every face (padding the frame once where none was found:
-tightly cropped faces need a margin); `detect_and_align` then picks one face per image by policy
+tightly cropped faces need a margin; then, still none, taking the whole photo as the face if
+MTCNN's last stage agrees, `whole_image`); `detect_and_align` then picks one face per image by policy
 and warps it with the one alignment function; `align_all` warps every face of one image. Results
 are `AlignedFace` objects (or the `FaceVerifyError` explaining why not), never bare tuples. A model
 names the templates it takes (`ModelMetadata.templates`: an ensemble may take several); each face
@@ -63,9 +64,26 @@ def detect_faces(images: Sequence[ImageInput], detector: Detector) -> list[Detec
         padded = [pad_for_detection(loaded[i]) for i in retry]
         for i, (_, offset), faces in zip(retry, padded, detector.detect([p for p, _ in padded])):
             detections[i] = [shift_face(f, -offset) for f in faces]
+    # cut brows to chin, the photo is the face: MTCNN then finds nothing, or a face mostly
+    # outside the frame whose landmarks are wrong; O-Net on the whole photo places them
+    whole = [i for i in order if all(cut_by_frame(f, loaded[i].shape) for f in detections[i])]
+    if whole and hasattr(detector, "detect_whole"):
+        for i, faces in zip(whole, detector.detect_whole([loaded[i] for i in whole])):
+            detections[i] = faces or detections[i]
     for i in order:
         results[i] = DetectedImage(loaded[i], detections[i])
     return results
+
+
+#: a face box less than this fraction inside the photo is cut by the frame
+INSIDE_FRAME = 0.6
+
+
+def cut_by_frame(face: Face, shape) -> bool:
+    """Does most of the face's box lie outside the photo (a crop tighter than the face)?"""
+    x1, y1, x2, y2 = face.box
+    inside = max(0.0, min(x2, shape[1]) - max(x1, 0)) * max(0.0, min(y2, shape[0]) - max(y1, 0))
+    return inside < INSIDE_FRAME * face.area
 
 
 def detect_and_align(images: Sequence[ImageInput], detector: Detector, face_policy: str,

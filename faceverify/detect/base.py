@@ -16,11 +16,14 @@ PROMINENT_AREA_RATIO = 0.25
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face in image pixels: box (x1, y1, x2, y2), confidence and 5 landmarks (5×2)."""
+    """One detected face in image pixels: box (x1, y1, x2, y2), confidence and 5 landmarks (5×2).
+    `whole_image`: found by taking the whole photo as the face (no detection found it; see
+    `mtcnn_onnx.whole_image_faces`)."""
 
     box: np.ndarray
     score: float
     landmarks: np.ndarray
+    whole_image: bool = False
 
     @property
     def area(self) -> float:
@@ -28,14 +31,29 @@ class Face:
 
     def to_dict(self) -> dict:
         return {"box": [round(float(v), 2) for v in self.box], "score": round(self.score, 4),
-                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]}
+                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+                "whole_image": self.whole_image}
 
 
 class Detector(Protocol):
-    """Anything that finds faces: torch MTCNN and ONNX MTCNN implement this."""
+    """Anything that finds faces: torch MTCNN and ONNX MTCNN implement this (and `detect_whole`,
+    which `detect_faces` falls back on when a photo may be a tight crop)."""
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces per RGB uint8 image, most confident first."""
+
+
+class AssumeCropped:
+    """A detector for photos that are face crops already (ID photos, dataset crops, thumbnails):
+    each whole photo is the face, its landmarks from the wrapped MTCNN's last stage
+    (`detect_whole`) down to O-Net probability `min_score` (the user vouches for the crop; the
+    face's score carries O-Net's doubt into its quality); `--assume-cropped`."""
+
+    def __init__(self, detector, min_score: float = 0.0):
+        self.detector, self.min_score = detector, min_score
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        return self.detector.detect_whole(images, self.min_score)
 
 
 def select_face(faces: Sequence[Face], image_shape, policy: str = "single", name: str = "image") -> Face:
@@ -115,4 +133,4 @@ def pad_for_detection(image: np.ndarray, pad: float = RETRY_PAD):
 
 def shift_face(face: Face, offset: np.ndarray) -> Face:
     """The same face with its coordinates translated by `offset` (x, y)."""
-    return Face(face.box + np.tile(offset, 2), face.score, face.landmarks + offset)
+    return Face(face.box + np.tile(offset, 2), face.score, face.landmarks + offset, face.whole_image)

@@ -71,6 +71,10 @@ class OnnxMTCNN:
         return [faces_from_arrays(b[:, :4], b[:, 4], points, scale, self.min_score)
                 for (b, points), (_, scale) in zip(found, shrunk)]
 
+    def detect_whole(self, images: Sequence[np.ndarray], min_score: float | None = None) -> list[list[Face]]:
+        """Each whole image as O-Net's candidate box (see `whole_image_faces`)."""
+        return whole_image_faces(images, self.onet, self.max_side, min_score)
+
     def _scales(self, h: int, w: int) -> list[float]:
         """The image pyramid: from 12 / smallest face size down by `factor` while ≥ 12 pixels."""
         m = 12.0 / min_face_size((h, w), self.min_face_size, self.min_face_fraction)
@@ -121,15 +125,47 @@ class OnnxMTCNN:
         for b, (reg, marks, prob) in zip(kept, outputs):
             keep = prob[:, 1] > self.thresholds[2]
             b = np.column_stack([b[keep, :4], prob[keep, 1]])
-            reg, marks = reg[keep], marks[keep]
-            bw = b[:, 2] - b[:, 0] + 1
-            bh = b[:, 3] - b[:, 1] + 1
-            points = np.stack([bw[:, None] * marks[:, :5] + b[:, 0:1] - 1,
-                               bh[:, None] * marks[:, 5:10] + b[:, 1:2] - 1], axis=2)
+            reg, points = reg[keep], _landmarks(b, marks[keep])
             b = _regress(b, reg)
             pick = nms(b[:, :4], b[:, 4], 0.7, mode="min")
             out.append((b[pick].astype(np.float32), points[pick].astype(np.float32)))
         return out
+
+
+#: O-Net's probability a whole photo must reach to be taken as one face (its stage-3 threshold)
+WHOLE_IMAGE_MIN_SCORE = 0.7
+
+
+def whole_image_faces(images: Sequence[np.ndarray], onet, max_side: int = DETECTION_MAX_SIDE,
+                      min_score: float | None = None) -> list[list[Face]]:
+    """O-Net alone, the whole image as the candidate box: the face of a photo cut tight around it
+    (brows to chin), where P-net's proposals find nothing. Per image, that face (`whole_image`
+    true) when O-Net's probability reaches `min_score` (default `WHOLE_IMAGE_MIN_SCORE`), else none. `onet`: the
+    onnxruntime session, or a function mapping a (N, 3, 48, 48) float32 batch to (box regression,
+    landmarks, probabilities), as torch's O-Net does."""
+    if not len(images):
+        return []
+    min_score = WHOLE_IMAGE_MIN_SCORE if min_score is None else min_score
+    shrunk = [shrink_for_detection(_as_uint8(image), max_side) for image in images]
+    tables = [summed_area_tables(image[None])[0] for image, _ in shrunk]
+    boxes = [np.array([[1, 1, image.shape[1], image.shape[0], 1]], np.float32) for image, _ in shrunk]
+    kept, outputs = _run_on_crops(onet, tables, boxes, 48, ONET_BATCH)
+    out = []
+    for b, (reg, marks, prob), (_, scale) in zip(kept, outputs, shrunk):
+        if not len(b) or prob[0, 1] < min_score:
+            out.append([])
+            continue
+        box = _regress(b, reg)[0, :4]
+        out.append([Face(box * scale, float(prob[0, 1]), _landmarks(b, marks)[0] * scale, whole_image=True)])
+    return out
+
+
+def _landmarks(boxes: np.ndarray, marks: np.ndarray) -> np.ndarray:
+    """O-Net's landmark outputs (fractions of each box) in image pixels, (N, 5, 2)."""
+    bw = boxes[:, 2] - boxes[:, 0] + 1
+    bh = boxes[:, 3] - boxes[:, 1] + 1
+    return np.stack([bw[:, None] * marks[:, :5] + boxes[:, 0:1] - 1,
+                     bh[:, None] * marks[:, 5:10] + boxes[:, 1:2] - 1], axis=2)
 
 
 #: Network inputs per onnxruntime run. Batches beyond these run slower a face on a CPU (their
@@ -155,8 +191,10 @@ def _summed_by_shape(images: list[np.ndarray]) -> list[tuple[list[int], np.ndarr
 
 
 def _run_on_crops(session, tables: list[np.ndarray], boxes: list[np.ndarray], size: int, batch: int):
-    """Run an R-/O-net on the size×size crops of every image's boxes together; returns per image
-    (the boxes that clipped to something, the network's outputs for them)."""
+    """Run an R-/O-net (an onnxruntime session, or a function of the input batch) on the
+    size×size crops of every image's boxes together; returns per image (the boxes that clipped to
+    something, the network's outputs for them)."""
+    run = session if callable(session) else (lambda x: session.run(None, {"image": x}))
     kept, crops = [], []
     for table, b in zip(tables, boxes):
         image_crops, b = _crop_boxes(table, b, size)
@@ -164,7 +202,7 @@ def _run_on_crops(session, tables: list[np.ndarray], boxes: list[np.ndarray], si
         crops.append(image_crops)
     crops = np.concatenate(crops)
     if len(crops):
-        runs = [session.run(None, {"image": crops[i:i + batch]}) for i in range(0, len(crops), batch)]
+        runs = [run(crops[i:i + batch]) for i in range(0, len(crops), batch)]
         outputs = [np.concatenate(parts) for parts in zip(*runs)]
     else:  # nothing to run: empty outputs of the right widths
         outputs = [np.zeros((0, out.shape[1]), np.float32) for out in session.get_outputs()]

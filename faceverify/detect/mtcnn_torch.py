@@ -30,6 +30,18 @@ class TorchMTCNN:
         self._mtcnn = MTCNN(min_face_size=min_face_size, thresholds=list(thresholds),
                             keep_all=True, device=self.device)
 
+    def detect_whole(self, images: Sequence[np.ndarray], min_score: float | None = None) -> list[list[Face]]:
+        """Each whole image as O-Net's candidate box (`mtcnn_onnx.whole_image_faces`)."""
+        import torch
+
+        from .mtcnn_onnx import whole_image_faces
+
+        def onet(batch: np.ndarray):
+            with torch.no_grad():
+                return [t.cpu().numpy() for t in self._mtcnn.onet(torch.from_numpy(batch).to(self.device))]
+
+        return whole_image_faces(images, onet, self.max_side, min_score)
+
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         prepared = [shrink_for_detection(img, self.max_side) for img in images]
         groups: dict[tuple, list[int]] = defaultdict(list)

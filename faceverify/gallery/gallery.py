@@ -17,26 +17,35 @@ from ..images import ImageInput
 from ..metadata import BEST_ACCURACY, FAR_1E2
 from ..operating import OperatingPoint, describe, far_for_fpir, threshold_for_far
 from ..pipeline import BATCH_IMAGES, decode_ahead
+from ..quality import problems
 from ..verifier import FaceEmbedding
 from .store import open_store
 
 
 @dataclass
 class QualityGate:
-    """Minimum quality for an enrolled image: a bad template poisons every later search."""
+    """Minimum quality for an enrolled image: a bad template poisons every later search. With a
+    quality model in the embedding model (`quality.py`), the floor is its score (`min_quality`,
+    default: the model's floor) and the refusal names what is wrong ("face turned ~70° to the
+    side"); the fixed measures below apply in any case."""
 
     min_det_score: float = 0.95
     min_face_px: float = 40.0  # shorter side of the detected box, in image pixels
     min_sharpness: float = 15.0  # variance of the Laplacian of the aligned grey crop
+    min_quality: float | None = None
 
-    def problems(self, quality: dict) -> list[str]:
+    def problems(self, photo: dict) -> list[str]:
         issues = []
-        if quality["det_score"] < self.min_det_score:
-            issues.append(f"uncertain face (detector score {quality['det_score']:.2f} < {self.min_det_score})")
-        if quality["face_size"] < self.min_face_px:
-            issues.append(f"face too small ({quality['face_size']:.0f}px < {self.min_face_px:.0f}px)")
-        if quality["sharpness"] < self.min_sharpness:
-            issues.append(f"too blurry (sharpness {quality['sharpness']:.1f} < {self.min_sharpness})")
+        if photo["det_score"] < self.min_det_score:
+            issues.append(f"uncertain face (detector score {photo['det_score']:.2f} < {self.min_det_score})")
+        if photo["face_size"] < self.min_face_px:
+            issues.append(f"face too small ({photo['face_size']:.0f}px < {self.min_face_px:.0f}px)")
+        if photo["sharpness"] < self.min_sharpness:
+            issues.append(f"too blurry (sharpness {photo['sharpness']:.1f} < {self.min_sharpness})")
+        score, floor = photo.get("quality"), self.min_quality
+        if score is not None and floor is not None and score < floor:
+            named = [p for p in photo.get("quality_problems", []) if p not in issues]
+            issues.append(f"quality {score:.2f} < {floor:.2f}" + (f": {'; '.join(named)}" if named else ""))
         return issues
 
 
@@ -52,8 +61,11 @@ def enrolment_photo(source: str, digest: str, result) -> dict:
     stopped it: computed wherever the photo was embedded, committed by `Gallery.add_photos`."""
     if isinstance(result, FaceVerifyError):
         return {"source": source, "sha256": digest, "error": str(result)}
+    quality = result.quality
     return {"source": source, "sha256": digest, "error": None, "embedding": result.embedding,
-            "thumbnail": encode_thumbnail(result.crop), **face_quality(result.face, result.crop)}
+            "thumbnail": encode_thumbnail(result.crop), **face_quality(result.face, result.crop),
+            "quality": quality.score if quality is not None else None,
+            "quality_problems": problems(quality) if quality is not None else []}
 
 
 def image_digest(rgb: np.ndarray) -> str:
@@ -118,8 +130,19 @@ class Identification:
     face: object = None  # FaceEmbedding of the query
     operating_point: OperatingPoint | None = None
 
+    @property
+    def reliable(self) -> bool:
+        """False when the query face is below the model's quality floor: trust no answer."""
+        return self.face is None or self.face.reliable
+
+    @property
+    def problems(self) -> list[str]:
+        return list(self.face.quality.problems) if self.face is not None and self.face.quality else []
+
     def to_dict(self) -> dict:
         return {"name": self.name or "unknown", "known": self.name is not None,
+                "reliable": self.reliable, "problems": self.problems,
+                "quality": self.face.quality.to_dict() if self.face is not None and self.face.quality else None,
                 "score": round(self.score, 6), "threshold": self.threshold,
                 "matches": [{"name": n, "score": round(s, 6)} for n, s in self.matches],
                 "operating_point": self.operating_point.to_dict() if self.operating_point else None}
@@ -149,6 +172,8 @@ class Gallery:
                                 busy_timeout_s, create, stored_fpir)
         self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()
+        if self.quality.min_quality is None and verifier.quality_model is not None:
+            self.quality.min_quality = verifier.quality_model.floor
 
     @staticmethod
     def upgrade(path: str | Path, verifier, **options):

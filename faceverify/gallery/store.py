@@ -72,6 +72,8 @@ class GalleryStore(ABC):
                 f"--gallery {self.path} [--model NEW]` (resumable; it keeps working with its old "
                 "model until the switch), or open it with the model that built it")
         self.embedding_dim = int(self.meta["embedding_dim"])
+        if "quality" not in self._columns("images"):  # galleries made before per-face quality
+            self._execute("ALTER TABLE images ADD COLUMN quality REAL")
 
     # -------------------------------------------------------- back-end hooks
     @abstractmethod
@@ -185,6 +187,10 @@ class GalleryStore(ABC):
             "SELECT images.id, identities.name, images.source FROM images JOIN identities "
             "ON identities.id = images.identity_id WHERE sha256 = ?", (sha256,)).fetchone()
 
+    def _columns(self, table: str) -> set[str]:
+        cursor = self._execute(f"SELECT * FROM {table} LIMIT 0")
+        return {column[0] for column in cursor.description}
+
     def sources(self) -> set[str]:
         """Where every enrolled image came from (a resumed bulk enrolment skips these)."""
         return {r[0] for r in self._execute("SELECT source FROM images").fetchall()}
@@ -204,10 +210,10 @@ class GalleryStore(ABC):
 
     def images_of(self, name: str) -> list[dict]:
         rows = self._execute(
-            "SELECT images.id, source, sha256, det_score, face_size, sharpness, images.created "
+            "SELECT images.id, source, sha256, det_score, face_size, sharpness, quality, images.created "
             "FROM images JOIN identities ON identities.id = images.identity_id WHERE name = ? "
             "ORDER BY images.id", (name,)).fetchall()
-        keys = ("id", "source", "sha256", "det_score", "face_size", "sharpness", "created")
+        keys = ("id", "source", "sha256", "det_score", "face_size", "sharpness", "quality", "created")
         return [dict(zip(keys, row)) for row in rows]
 
     def thumbnail(self, name: str) -> bytes | None:
@@ -245,11 +251,13 @@ class GalleryStore(ABC):
                 if embedding.shape != (self.embedding_dim,):
                     raise ModelMismatchError(f"embedding of size {embedding.shape} does not match "
                                              f"the gallery's {self.embedding_dim}")
+                quality = image.get("quality")
                 self._execute("INSERT INTO images (identity_id, source, sha256, embedding, det_score, "
-                              "face_size, sharpness, thumbnail, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              "face_size, sharpness, quality, thumbnail, created) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               (identity, image["source"], image["sha256"], self._vector(embedding),
-                               float(image["det_score"]), float(image["face_size"]),
-                               float(image["sharpness"]), image.get("thumbnail"), _now()))
+                               float(image["det_score"]), float(image["face_size"]), float(image["sharpness"]),
+                               None if quality is None else float(quality), image.get("thumbnail"), _now()))
             self._refresh_template(identity)
         return identity
 
@@ -397,9 +405,9 @@ class GalleryStore(ABC):
                 self._execute("DELETE FROM templates")
                 self._retype_embeddings(embedding_dim)
                 self._execute(
-                    "UPDATE images SET (embedding, thumbnail, det_score, face_size, sharpness) = "
-                    "(SELECT embedding, thumbnail, det_score, face_size, sharpness FROM upgrade_images "
-                    "WHERE upgrade_images.image_id = images.id)")
+                    "UPDATE images SET (embedding, thumbnail, det_score, face_size, sharpness, quality) = "
+                    "(SELECT embedding, thumbnail, det_score, face_size, sharpness, CAST(NULL AS REAL) FROM upgrade_images "
+                    "WHERE upgrade_images.image_id = images.id)")  # quality: the old model's verdict
                 self.embedding_dim = embedding_dim
                 self._rebuild_templates()
                 self._retyped()

@@ -99,10 +99,16 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder | E
 def set_thresholds(path: str | Path, thresholds: dict, flip: bool | None = None) -> ModelMetadata:
     """Store calibrated decision thresholds in a checkpoint's metadata (rewritten atomically), and
     whether they were calibrated on flip-averaged embeddings (None: as the model says now)."""
+    return update_metadata(path, lambda metadata: metadata.replace(
+        thresholds=thresholds, flip=metadata.flip if flip is None else flip))
+
+
+def update_metadata(path: str | Path, change) -> ModelMetadata:
+    """Rewrite a checkpoint's metadata as `change(metadata)` returns it, atomically; the weights
+    (and so their hash) stay as they are."""
     path = Path(path)
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    metadata = ModelMetadata.from_json(blob["metadata"], str(path))
-    metadata = metadata.replace(thresholds=thresholds, flip=metadata.flip if flip is None else flip)
+    metadata = change(ModelMetadata.from_json(blob["metadata"], str(path)))
     blob["metadata"] = metadata.to_json()
     atomic_save(blob, path)
     return metadata

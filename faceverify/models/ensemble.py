@@ -90,16 +90,32 @@ class Ensemble(nn.Module):
         if len(faces) != len(self.templates):
             raise ModelError(f"the ensemble takes {len(self.templates)} crops per face "
                              f"({[t.name for t in self.templates]}), got {len(faces)}")
+        return self._unit(self._raw(faces))
+
+    def _raw(self, faces) -> list[torch.Tensor]:
+        return [network(faces[k].float()).float() for network, k in zip(self.networks, self._inputs)]
+
+    def _unit(self, raw: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
-        for i, (network, k) in enumerate(zip(self.networks, self._inputs)):
-            vector = F.normalize(network(faces[k].float()).float(), dim=1)
+        for i, output in enumerate(raw):
+            vector = F.normalize(output, dim=1)
             centre = getattr(self, f"centre_{i}")
             out.append(vector if centre is None else F.normalize(vector - centre, dim=1))
         return out
 
+    def features(self, *faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings, (N, members) norms of each member's output before normalisation): a
+        margin-trained network's feature norm grows with how recognisable the face is, which the
+        quality model reads (`quality.py`)."""
+        if len(faces) != len(self.templates):
+            raise ModelError(f"the ensemble takes {len(self.templates)} crops per face "
+                             f"({[t.name for t in self.templates]}), got {len(faces)}")
+        raw = self._raw(faces)
+        parts = [math.sqrt(s.weight) * v for s, v in zip(self.specs, self._unit(raw))]
+        return F.normalize(torch.cat(parts, dim=1), dim=1), torch.stack([r.norm(dim=1) for r in raw], dim=1)
+
     def forward(self, *faces: torch.Tensor) -> torch.Tensor:
-        parts = [math.sqrt(s.weight) * v for s, v in zip(self.specs, self.member_embeddings(*faces))]
-        return F.normalize(torch.cat(parts, dim=1), dim=1)
+        return self.features(*faces)[0]
 
 
 def combine(member_vectors: list[np.ndarray], weights: list[float]) -> np.ndarray:
