@@ -154,7 +154,7 @@ def test_enrolment_on_the_cluster_matches_one_machine_and_resumes(photos, cluste
         reports = cluster.enroll_on_ray(gallery, manifest, spec, progress=False)
         assert {r.name: (sorted(r.added), sorted(r.rejected)) for r in reports} == expected
         images = sorted((i["source"], i["sha256"]) for name, *_ in gallery.identities() for i in gallery.show(name))
-        assert images == one_images and len(images) >= 200
+        assert images == one_images and len(images) >= 120  # the rest fail the quality gate
         by_source = _embeddings_by_source(gallery)
         again = cluster.enroll_on_ray(gallery, manifest, spec, progress=False)
         assert all(not r.added for r in again) and gallery.store.image_count() == len(images)

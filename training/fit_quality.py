@@ -7,7 +7,7 @@ Every photo of the training manifests' `train` rows goes through the model's own
 its all-pairs ROC (from `dev_eval`, the calibration set). The floor is chosen on `dev_eval` by
 bench/bench_quality.py and passed here with --floor.
 
-    python training/fit_quality.py weights/faceverify-default.pt --floor 0.5 \
+    python training/fit_quality.py weights/faceverify-default.pt --floor 0.9 \
         --cache ~/faceverify-data/quality/train.npz
     faceverify export weights/faceverify-default.pt weights/faceverify-default.onnx
 """
