@@ -99,10 +99,11 @@ def _cluster(args):
     try:
         from . import cluster
     except ImportError as exc:
-        raise FaceVerifyError(f"--ray needs Ray: pip install 'faceverify[ray]' ({exc.name} is missing)") from None
+        raise FaceVerifyError(f"--ray needs Ray: pip install 'faceverify[ray]' ({exc.name or exc} is missing)") from None
     spec = cluster.PipelineSpec.for_model(args.model, face_policy=args.face_policy, flip=args.flip,
                                           min_face_fraction=args.min_face_fraction,
-                                          max_detection_side=args.max_detection_side)
+                                          max_detection_side=args.max_detection_side,
+                                          quality_floor=args.quality_floor, assume_cropped=args.assume_cropped)
     cluster.connect(args.ray or None, args.ray_cpus)
     return cluster, spec
 

@@ -9,8 +9,10 @@ is a row with its typed error, never a failed job. Workers that die are retried 
 actors); each block of results is written under a name derived from the photos it holds, through a
 temporary file renamed into place, so a retried write replaces its own file: no photo is lost or
 written twice. A rerun lists what the output (or the gallery) already holds and does only the rest.
-Every node needs faceverify installed; a model given by path must be readable at that path on every
-node (the bundled model is each node's own copy, checked against the driver's by hash).
+Every node needs faceverify installed and must read the photos and write the output folder at the
+same (absolute) paths as the driver: a shared filesystem on a cluster of several machines. A model
+given by path must be readable there too (the bundled model is each node's own copy, checked
+against the driver's by hash).
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class PipelineSpec:
     flip: bool | None = None
     min_face_fraction: float = 0.0
     max_detection_side: int = DETECTION_MAX_SIDE
+    quality_floor: float | None = None
+    assume_cropped: bool = False
 
     @classmethod
     def for_model(cls, model: str | Path | None = None, **options) -> "PipelineSpec":
@@ -73,7 +77,8 @@ def worker_verifier(spec: PipelineSpec):
                                  f"driver's {spec.model_sha256[:12]}: install the same faceverify everywhere")
     detector = OnnxMTCNN(providers=["CPUExecutionProvider"], min_face_fraction=spec.min_face_fraction,
                          max_side=spec.max_detection_side, workers=1, threads=1)
-    return Verifier(embedder=embedder, detector=detector, face_policy=spec.face_policy, flip=spec.flip)
+    return Verifier(embedder=embedder, detector=detector, face_policy=spec.face_policy, flip=spec.flip,
+                    quality_floor=spec.quality_floor, assume_cropped=spec.assume_cropped)
 
 
 def detect_batch(batch: dict, spec: PipelineSpec, digests: bool) -> dict:
@@ -193,7 +198,7 @@ def _pipeline(rows: list[dict], spec: PipelineSpec, enrolment: bool):
 class RunSummary:
     written: int  # photos processed by this run
     skipped: int  # photos an earlier run had already written
-    failed: int  # of the written, photos with an error row (no face, unreadable, ...)
+    failed: int  # photos of the whole output folder with an error row (no face, unreadable, ...)
 
 
 def embed_on_ray(images: Sequence[str | Path], out: str | Path, spec: PipelineSpec) -> RunSummary:
@@ -201,21 +206,26 @@ def embed_on_ray(images: Sequence[str | Path], out: str | Path, spec: PipelineSp
     folder `out`, on the connected cluster (`connect`); photos already in `out` are skipped."""
     import pyarrow.compute as pc
 
-    out = Path(out)
+    out = Path(out).absolute()  # every worker writes there: give them all the same path
     if out.exists() and not out.is_dir():
         raise FaceVerifyError(f"{out}: the cluster writes a folder of Parquet parts, not a file")
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob(".part-*.partial"):  # writes killed before their rename
         leftover.unlink()
-    paths = [str(p) for p in image_paths(list(images))]
+    paths = [str(p.absolute()) for p in image_paths(list(images))]
     if not paths:
         raise FaceVerifyError("no images found in the folders given")
-    done = set(records.read_results(out)["path"].to_pylist())
+    written = records.read_results(out, ["path", "model_sha256"])
+    foreign = set(written["model_sha256"].to_pylist()) - {spec.model_sha256}
+    if foreign:
+        raise ModelMismatchError(f"{out} holds rows of model {sorted(foreign)[0][:12]}, not "
+                                 f"{spec.model_sha256[:12]}: write to another folder")
+    done = set(written["path"].to_pylist())
     todo = [{"path": p} for p in paths if p not in done]
     if todo:
         _pipeline(todo, spec, enrolment=False).write_datasink(PartFiles(out))
-    written = records.read_results(out)
-    failed = int(pc.sum(pc.not_equal(written["status"], records.OK)).as_py() or 0)
+    statuses = records.read_results(out, ["status"])["status"]
+    failed = int(pc.sum(pc.not_equal(statuses, records.OK)).as_py() or 0)
     return RunSummary(len(todo), len(paths) - len(todo), failed)
 
 
@@ -226,8 +236,12 @@ def enroll_on_ray(gallery, dataset: str | Path, spec: PipelineSpec, progress: bo
     after an interruption does only the rest. Returns the `EnrollReport` of each person enrolled."""
     from tqdm import tqdm
 
-    if spec.model_sha256 != gallery.verifier.metadata.weights_sha256:
+    verifier = gallery.verifier
+    if spec.model_sha256 != verifier.metadata.weights_sha256:
         raise ModelMismatchError("the cluster's model is not the gallery's")
+    if spec.face_policy != verifier.face_policy or (spec.flip if spec.flip is not None else
+                                                     verifier.metadata.flip) != verifier.flip:
+        raise ValueError("the cluster's face policy and flip must be the gallery verifier's")
     done = gallery.store.sources()
     todo = [{"path": str(s.path.absolute()), "identity": s.identity} for s in load_samples(dataset)
             if str(s.path.absolute()) not in done]
@@ -257,5 +271,5 @@ def _photo(row: dict) -> dict:
     if photo["error"] is None:
         photo.update(embedding=np.asarray(row["embedding"], np.float32), thumbnail=row["thumbnail"],
                      det_score=row["det_score"], face_size=row["face_size"], sharpness=row["sharpness"],
-                     quality=row["quality"], quality_problems=row["problems"])
+                     quality=row["quality_score"], quality_problems=row["quality_problems"])
     return photo

@@ -2,9 +2,9 @@
 machine and the Ray path (`cluster`) writes on many, so the two outputs compare row for row.
 
 `status` is "ok" or the typed error's class name (`NoFaceError`, `InvalidImageError`, ...) with its
-message in `error`; a failed photo has null box, landmarks and embedding. `quality` is the face's
-score by the model's quality model, `reliable` whether it clears the floor, `problems` what the
-quality hints see in it (`quality.py`). Enrolment rows add what a
+message in `error`; a failed photo has null box, landmarks and embedding. `quality_score` is the
+face's score by the model's quality model, `reliable` whether it clears the floor, and `problems`
+why not (`quality.py`). Enrolment rows add what a
 gallery stores per photo (`ENROLMENT_FIELDS`). Parquet needs pyarrow (the `ray` extra brings it).
 """
 from __future__ import annotations
@@ -16,27 +16,26 @@ from typing import Sequence
 import numpy as np
 
 from .errors import FaceVerifyError
-from .quality import problems
 
 OK = "ok"
 #: what an enrolment row adds: the identity, the decoded pixels' digest, the gate's measures and the
 #: thumbnail a gallery keeps
-ENROLMENT_FIELDS = ("identity", "sha256", "det_score", "face_size", "sharpness", "thumbnail")
+ENROLMENT_FIELDS = ("identity", "sha256", "det_score", "face_size", "sharpness", "thumbnail", "quality_problems")
 
 
 def result_row(path: str, result, model_sha256: str) -> dict:
     """The row of one photo: its `FaceEmbedding`, or the `FaceVerifyError` that stopped it."""
     if isinstance(result, FaceVerifyError):
         return {"path": str(path), "status": type(result).__name__, "error": str(result), "box": None,
-                "score": None, "landmarks": None, "faces_found": None, "whole_image": None, "quality": None,
+                "score": None, "landmarks": None, "faces_found": None, "whole_image": None, "quality_score": None,
                 "reliable": None, "problems": None, "embedding": None, "model_sha256": model_sha256}
     face, quality = result.face, result.quality
     return {"path": str(path), "status": OK, "error": None,
             "box": np.asarray(face.box, np.float32).tolist(), "score": float(face.score),
             "landmarks": np.asarray(face.landmarks, np.float32).reshape(-1).tolist(),
             "faces_found": int(result.faces_found), "whole_image": bool(face.whole_image),
-            "quality": quality.score if quality is not None else None, "reliable": result.reliable,
-            "problems": problems(quality) if quality is not None else [],
+            "quality_score": quality.score if quality is not None else None, "reliable": result.reliable,
+            "problems": list(quality.problems) if quality is not None else [],
             "embedding": np.asarray(result.embedding, np.float32).tolist(), "model_sha256": model_sha256}
 
 
@@ -46,12 +45,13 @@ def schema(enrolment: bool = False):
     columns = [("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
                ("box", pa.list_(pa.float32(), 4)), ("score", pa.float32()),
                ("landmarks", pa.list_(pa.float32(), 10)), ("faces_found", pa.int32()),
-               ("whole_image", pa.bool_()), ("quality", pa.float32()), ("reliable", pa.bool_()),
+               ("whole_image", pa.bool_()), ("quality_score", pa.float32()), ("reliable", pa.bool_()),
                ("problems", pa.list_(pa.string())),
                ("embedding", pa.list_(pa.float32())), ("model_sha256", pa.string())]
     if enrolment:
         columns += [("identity", pa.string()), ("sha256", pa.string()), ("det_score", pa.float32()),
-                    ("face_size", pa.float32()), ("sharpness", pa.float32()), ("thumbnail", pa.binary())]
+                    ("face_size", pa.float32()), ("sharpness", pa.float32()), ("thumbnail", pa.binary()),
+                    ("quality_problems", pa.list_(pa.string()))]
     return pa.schema(columns)
 
 
@@ -66,7 +66,11 @@ def table(rows: Sequence[dict], enrolment: bool = False):
 def write_parquet(rows: Sequence[dict], path: str | Path) -> None:
     """Write `rows` to one Parquet file, atomically: a crash leaves the old file or none, never half
     of one."""
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise FaceVerifyError("Parquet output needs pyarrow: pip install pyarrow "
+                              "(or 'faceverify[ray]'), or write .npz") from None
 
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
@@ -74,11 +78,15 @@ def write_parquet(rows: Sequence[dict], path: str | Path) -> None:
     os.replace(partial, path)
 
 
-def read_results(path: str | Path):
-    """A Parquet file, or a folder of part files (the Ray path's output), as one Table."""
+def read_results(path: str | Path, columns: Sequence[str] | None = None):
+    """A Parquet file, or a folder of part files (the Ray path's output), as one Table (of
+    `columns` only, if given)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    return pa.concat_tables([pq.read_table(f, schema=schema()) for f in files]) if files else table([])
+    if not files:
+        full = table([])
+        return full.select(list(columns)) if columns else full
+    return pa.concat_tables([pq.read_table(f, columns=columns, schema=schema()) for f in files])

@@ -124,8 +124,11 @@ class Verifier:
         self.templates = self.metadata.templates
         #: the model's own quality calibration (None: measures only, every face reliable)
         self.quality_model = QualityModel.from_dict(self.metadata.quality) if self.metadata.quality else None
-        if self.quality_model and quality_floor is not None:
-            self.quality_model.floor = float(quality_floor)
+        if quality_floor is not None:
+            if self.quality_model is None:
+                log.warning("%s has no quality model: quality_floor %s is ignored", self.metadata.arch, quality_floor)
+            else:
+                self.quality_model.floor = float(quality_floor)
         log.info("faceverify: embedder on %s, detector %s", self.providers, type(detector).__name__)
 
     @classmethod

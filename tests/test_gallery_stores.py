@@ -137,3 +137,16 @@ def test_command_line_takes_either_location(location):
 
     cli("enroll", "--name", "Aaron Peirsol", *PEOPLE["Aaron Peirsol"])
     assert cli("identify", lfw("Aaron_Peirsol", 3)).stdout.split(": ")[1].startswith("Aaron Peirsol")
+
+
+def test_a_gallery_made_before_per_face_quality_gains_its_column(location, verifier):
+    """A gallery whose images table has no `quality` column (as faceverify made them before) is
+    migrated on opening: old photos read back without a score, new ones with theirs."""
+    with Gallery(location, verifier) as gallery:
+        gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"][:1])
+        gallery.store._execute("ALTER TABLE images DROP COLUMN quality")
+    with Gallery(location, verifier) as gallery:
+        assert gallery.store.has_quality
+        gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"][1:])
+        old, new = gallery.show("Aaron Peirsol")
+        assert old["quality"] is None and 0.9 <= new["quality"] <= 1

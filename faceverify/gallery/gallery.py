@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -24,10 +24,10 @@ from .store import open_store
 
 @dataclass
 class QualityGate:
-    """Minimum quality for an enrolled image: a bad template poisons every later search. With a
-    quality model in the embedding model (`quality.py`), the floor is its score (`min_quality`,
-    default: the model's floor) and the refusal names what is wrong ("face turned ~70° to the
-    side"); the fixed measures below apply in any case."""
+    """Minimum quality for an enrolled image: a bad template poisons every later search. Fixed
+    limits on the detector's confidence, the face's size and its sharpness, and, with a quality
+    model in the embedding model (`quality.py`), its score (`min_quality`, default: the model's
+    floor), the refusal naming what is wrong ("face turned ~70° to the side")."""
 
     min_det_score: float = 0.95
     min_face_px: float = 40.0  # shorter side of the detected box, in image pixels
@@ -42,10 +42,10 @@ class QualityGate:
             issues.append(f"face too small ({photo['face_size']:.0f}px < {self.min_face_px:.0f}px)")
         if photo["sharpness"] < self.min_sharpness:
             issues.append(f"too blurry (sharpness {photo['sharpness']:.1f} < {self.min_sharpness})")
-        score, floor = photo.get("quality"), self.min_quality
-        if score is not None and floor is not None and score < floor:
-            named = [p for p in photo.get("quality_problems", []) if p not in issues]
-            issues.append(f"quality {score:.2f} < {floor:.2f}" + (f": {'; '.join(named)}" if named else ""))
+        score = photo.get("quality")
+        if score is not None and self.min_quality is not None and score < self.min_quality:
+            named = [] if issues else photo.get("quality_problems") or []  # the limits said it already
+            issues.append(f"quality {score:.2f} < {self.min_quality:.2f}" + (f": {'; '.join(named)}" if named else ""))
         return issues
 
 
@@ -61,7 +61,7 @@ def enrolment_photo(source: str, digest: str, result) -> dict:
     stopped it: computed wherever the photo was embedded, committed by `Gallery.add_photos`."""
     if isinstance(result, FaceVerifyError):
         return {"source": source, "sha256": digest, "error": str(result)}
-    quality = result.quality
+    quality = result.quality  # its problems: every hint (the gate may be stricter than the floor)
     return {"source": source, "sha256": digest, "error": None, "embedding": result.embedding,
             "thumbnail": encode_thumbnail(result.crop), **face_quality(result.face, result.crop),
             "quality": quality.score if quality is not None else None,
@@ -173,7 +173,7 @@ class Gallery:
         self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()
         if self.quality.min_quality is None and verifier.quality_model is not None:
-            self.quality.min_quality = verifier.quality_model.floor
+            self.quality = replace(self.quality, min_quality=verifier.quality_model.floor)
 
     @staticmethod
     def upgrade(path: str | Path, verifier, **options):

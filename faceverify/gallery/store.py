@@ -11,6 +11,7 @@ templates to an in-memory index (numpy / FAISS), PostgreSQL searches an HNSW ind
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GalleryBusyError, GalleryError, ModelMismatchError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 APPLICATION_ID = 0x46564731  # "FVG1": marks a SQLite file as a faceverify gallery
@@ -72,8 +75,7 @@ class GalleryStore(ABC):
                 f"--gallery {self.path} [--model NEW]` (resumable; it keeps working with its old "
                 "model until the switch), or open it with the model that built it")
         self.embedding_dim = int(self.meta["embedding_dim"])
-        if "quality" not in self._columns("images"):  # galleries made before per-face quality
-            self._execute("ALTER TABLE images ADD COLUMN quality REAL")
+        self.has_quality = "quality" in self._columns("images") or self._add_quality_column()
 
     # -------------------------------------------------------- back-end hooks
     @abstractmethod
@@ -191,6 +193,20 @@ class GalleryStore(ABC):
         cursor = self._execute(f"SELECT * FROM {table} LIMIT 0")
         return {column[0] for column in cursor.description}
 
+    def _add_quality_column(self) -> bool:
+        """Give a gallery made before per-face quality its `quality` column, under the write lock
+        (a second process doing the same finds it there). A gallery this process cannot write to
+        stays as it is: its photos read back without a score."""
+        try:
+            with self.transaction():
+                if "quality" not in self._columns("images"):
+                    self._execute("ALTER TABLE images ADD COLUMN quality REAL")
+            return True
+        except Exception as exc:  # read-only file or role, or another writer holding the lock
+            log.warning("%s: cannot add the quality column (%s); photos read back without a score",
+                        self.path, str(exc).splitlines()[0])
+            return False
+
     def sources(self) -> set[str]:
         """Where every enrolled image came from (a resumed bulk enrolment skips these)."""
         return {r[0] for r in self._execute("SELECT source FROM images").fetchall()}
@@ -210,7 +226,8 @@ class GalleryStore(ABC):
 
     def images_of(self, name: str) -> list[dict]:
         rows = self._execute(
-            "SELECT images.id, source, sha256, det_score, face_size, sharpness, quality, images.created "
+            f"SELECT images.id, source, sha256, det_score, face_size, sharpness, "
+            f"{'quality' if self.has_quality else 'NULL'}, images.created "
             "FROM images JOIN identities ON identities.id = images.identity_id WHERE name = ? "
             "ORDER BY images.id", (name,)).fetchall()
         keys = ("id", "source", "sha256", "det_score", "face_size", "sharpness", "quality", "created")
@@ -251,13 +268,14 @@ class GalleryStore(ABC):
                 if embedding.shape != (self.embedding_dim,):
                     raise ModelMismatchError(f"embedding of size {embedding.shape} does not match "
                                              f"the gallery's {self.embedding_dim}")
-                quality = image.get("quality")
-                self._execute("INSERT INTO images (identity_id, source, sha256, embedding, det_score, "
-                              "face_size, sharpness, quality, thumbnail, created) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                              (identity, image["source"], image["sha256"], self._vector(embedding),
-                               float(image["det_score"]), float(image["face_size"]), float(image["sharpness"]),
-                               None if quality is None else float(quality), image.get("thumbnail"), _now()))
+                values = [identity, image["source"], image["sha256"], self._vector(embedding),
+                          float(image["det_score"]), float(image["face_size"]), float(image["sharpness"]),
+                          image.get("thumbnail"), _now()]
+                if self.has_quality:
+                    values.append(None if image.get("quality") is None else float(image["quality"]))
+                self._execute("INSERT INTO images (identity_id, source, sha256, embedding, det_score, face_size, "
+                              f"sharpness, thumbnail, created{', quality' if self.has_quality else ''}) "
+                              f"VALUES ({', '.join('?' * len(values))})", values)
             self._refresh_template(identity)
         return identity
 
@@ -405,9 +423,11 @@ class GalleryStore(ABC):
                 self._execute("DELETE FROM templates")
                 self._retype_embeddings(embedding_dim)
                 self._execute(
-                    "UPDATE images SET (embedding, thumbnail, det_score, face_size, sharpness, quality) = "
-                    "(SELECT embedding, thumbnail, det_score, face_size, sharpness, CAST(NULL AS REAL) FROM upgrade_images "
-                    "WHERE upgrade_images.image_id = images.id)")  # quality: the old model's verdict
+                    "UPDATE images SET (embedding, thumbnail, det_score, face_size, sharpness) = "
+                    "(SELECT embedding, thumbnail, det_score, face_size, sharpness FROM upgrade_images "
+                    "WHERE upgrade_images.image_id = images.id)")
+                if self.has_quality:  # the old model's scores do not hold for the new one
+                    self._execute("UPDATE images SET quality = NULL")
                 self.embedding_dim = embedding_dim
                 self._rebuild_templates()
                 self._retyped()
@@ -473,7 +493,8 @@ class SqliteStore(GalleryStore):
                 "CREATE TABLE images (id INTEGER PRIMARY KEY, identity_id INTEGER NOT NULL "
                 "REFERENCES identities(id) ON DELETE CASCADE, source TEXT NOT NULL, "
                 "sha256 TEXT NOT NULL UNIQUE, embedding BLOB NOT NULL, det_score REAL NOT NULL, "
-                "face_size REAL NOT NULL, sharpness REAL NOT NULL, thumbnail BLOB, created TEXT NOT NULL)",
+                "face_size REAL NOT NULL, sharpness REAL NOT NULL, thumbnail BLOB, created TEXT NOT NULL, "
+                "quality REAL)",
                 "CREATE TABLE templates (identity_id INTEGER PRIMARY KEY REFERENCES identities(id) "
                 "ON DELETE CASCADE, embedding BLOB NOT NULL, images INTEGER NOT NULL)",
                 "CREATE INDEX images_identity ON images(identity_id)"]
@@ -573,7 +594,7 @@ class PostgresStore(GalleryStore):
                 f"REFERENCES identities(id) ON DELETE CASCADE, source TEXT NOT NULL, "
                 f"sha256 TEXT NOT NULL UNIQUE, embedding vector({embedding_dim}) NOT NULL, "
                 f"det_score REAL NOT NULL, face_size REAL NOT NULL, sharpness REAL NOT NULL, "
-                f"thumbnail BYTEA, created TEXT NOT NULL)",
+                f"thumbnail BYTEA, created TEXT NOT NULL, quality REAL)",
                 f"CREATE TABLE templates (identity_id BIGINT PRIMARY KEY REFERENCES identities(id) "
                 f"ON DELETE CASCADE, embedding vector({embedding_dim}) NOT NULL, images INTEGER NOT NULL)",
                 "CREATE INDEX images_identity ON images(identity_id)",
