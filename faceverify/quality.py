@@ -196,7 +196,7 @@ class QualityModel:
 
 
 #: the pose, size and image limits `problems` names a face by (hints; the score is the gate)
-HINTS = {"yaw": 35.0, "pitch": 25.0, "roll": 30.0, "eye_distance": 30.0, "sharpness": 15.0,
+HINTS = {"yaw": 35.0, "pitch": 35.0, "roll": 30.0, "eye_distance": 30.0, "sharpness": 15.0,
          "dark": 0.2, "bright": 0.85, "det_score": 0.95}
 
 

@@ -104,8 +104,8 @@ def test_quality_model_learns_what_predicts_success_and_round_trips():
 
 @pytest.mark.data_free
 def test_problems_name_what_is_wrong():
-    small = FaceQuality(5.0, 30.0, 2.0, 18.0, 8.0, 0.1, 0.2, 0.97)
-    assert problems(small) == ["face tilted ~30° down", "face 18 px between the eyes",
+    small = FaceQuality(5.0, 40.0, 2.0, 18.0, 8.0, 0.1, 0.2, 0.97)
+    assert problems(small) == ["face tilted ~40° down", "face 18 px between the eyes",
                                "blurred (sharpness 8)", "too dark"]
 
 
