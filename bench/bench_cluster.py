@@ -4,7 +4,7 @@ real photos: a local Ray instance of 1 CPU, then of 2, beside the single-machine
 folder; its figure counts the job (plan, tasks, actors, Parquet writes), not Ray's start-up,
 which is reported apart. The per-core figure is what the README's sizing table scales.
 
-    python bench/bench_cluster.py [--photos 400]
+    python bench/bench_cluster.py [--photos 800]
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import ray
-from common import ROOT, lfw_photos, table
+from common import LFW, ROOT, table
 
 from faceverify import cluster
 from faceverify.verifier import Verifier
@@ -41,9 +41,9 @@ def ray_run(photos: list[Path], cpus: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=400)
+    parser.add_argument("--photos", type=int, default=800)
     args = parser.parse_args()
-    photos = lfw_photos(args.photos)
+    photos = sorted(LFW.glob("*/*.jpg"))[::7][:args.photos]
     verifier = Verifier(MODEL, face_policy="largest")
     list(verifier.analyze_stream(photos[:16]))  # warm-up
     start = time.perf_counter()

@@ -19,6 +19,8 @@ if __name__ == "__main__":
                              ("bench_search.py", [str(orl), str(DATA / "orl"), "--real", "400", "--queries", "10",
                                                   "--sizes", "1000", "100000"]),
                              ("bench_training.py", [str(orl)]),
-                             ("bench_openset.py", ["--counts", "0", "--plot", str(Path(tmp) / "openset.png")])]:
+                             ("bench_openset.py", ["--counts", "0", "--plot", str(Path(tmp) / "openset.png")]),
+                             ("bench_cluster.py", []), ("bench_quality.py", []), ("bench_gates.py", []),
+                             ("bench_crops.py", [])]:
             print(f"\n## {script}", flush=True)
             subprocess.run([sys.executable, str(HERE / script), *args], check=True)

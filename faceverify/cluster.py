@@ -190,7 +190,8 @@ def _pipeline(rows: list[dict], spec: PipelineSpec, enrolment: bool):
             # max_task_retries default to -1 for actor pools)
             .map_batches(EmbedFaces, fn_constructor_kwargs={"spec": spec, "enrolment": enrolment},
                          batch_size=BATCH, batch_format="numpy",
-                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=gpus or cpus),
+                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=gpus or cpus,
+                                                            initial_size=gpus or cpus),
                          **({"num_gpus": 1} if gpus else {"num_cpus": 1})))
 
 
