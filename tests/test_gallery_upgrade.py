@@ -70,7 +70,9 @@ def check_upgraded(location, verifier, people, new_embeddings, target_fpir=None)
     with Gallery(location, verifier) as gallery:
         assert {n: k for n, k, _ in gallery.identities()} == {n: len(p) for n, p in people.items()}
         for name, photos in people.items():
-            assert [image["source"] for image in gallery.show(name)] == list(map(str, photos))
+            shown = gallery.show(name)
+            assert [image["source"] for image in shown] == list(map(str, photos))
+            assert all(0 <= image["quality"] <= 1 for image in shown)  # the new model's verdicts
             size = verifier.templates[0].size  # the new model's (first) alignment
             assert gallery.thumbnail(name).shape == (size, size, 3)
         rows, embeddings = gallery.store.all_images()

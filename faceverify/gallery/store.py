@@ -331,6 +331,8 @@ class GalleryStore(ABC):
         model (returns how many images it holds), else created afresh (returns 0)."""
         with self.transaction():
             if self.staged_model() == (weights_sha256, embedding_dim):
+                if "quality" not in self._columns("upgrade_images"):  # staged by an older version
+                    self._execute("ALTER TABLE upgrade_images ADD COLUMN quality REAL")
                 return self._execute("SELECT COUNT(*) FROM upgrade_images "
                                      "WHERE embedding IS NOT NULL").fetchone()[0]
             self._execute("DROP TABLE IF EXISTS upgrade_images")  # staged for another model: useless now
@@ -355,7 +357,7 @@ class GalleryStore(ABC):
 
     def stage(self, weights_sha256: str, rows: list[dict]) -> None:
         """Record one person's re-embedded images (dicts: id and either embedding, thumbnail,
-        det_score, face_size, sharpness, or problem), in one transaction."""
+        det_score, face_size, sharpness, quality, or problem), in one transaction."""
         with self.transaction():
             staged = self.staged_model()
             if staged is None or staged[0] != weights_sha256:
@@ -376,15 +378,15 @@ class GalleryStore(ABC):
                                                  f"the upgrade's {dim}")
                     embedding = self._vector(embedding)
                 values.append((row["id"], embedding, row.get("thumbnail"), row.get("det_score"),
-                               row.get("face_size"), row.get("sharpness"), row.get("problem")))
+                               row.get("face_size"), row.get("sharpness"), row.get("quality"), row.get("problem")))
             if not values:
                 return
             self._executemany(
                 "INSERT INTO upgrade_images (image_id, embedding, thumbnail, det_score, face_size, "
-                "sharpness, problem) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image_id) DO UPDATE SET "
-                "embedding = excluded.embedding, thumbnail = excluded.thumbnail, det_score = "
+                "sharpness, quality, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image_id) DO "
+                "UPDATE SET embedding = excluded.embedding, thumbnail = excluded.thumbnail, det_score = "
                 "excluded.det_score, face_size = excluded.face_size, sharpness = excluded.sharpness, "
-                "problem = excluded.problem", values)
+                "quality = excluded.quality, problem = excluded.problem", values)
 
     def staged_problems(self) -> list[tuple[str, str, str]]:
         """(name, source, reason) of every image the upgrade's model could not re-embed."""
@@ -426,8 +428,9 @@ class GalleryStore(ABC):
                     "UPDATE images SET (embedding, thumbnail, det_score, face_size, sharpness) = "
                     "(SELECT embedding, thumbnail, det_score, face_size, sharpness FROM upgrade_images "
                     "WHERE upgrade_images.image_id = images.id)")
-                if self.has_quality:  # the old model's scores do not hold for the new one
-                    self._execute("UPDATE images SET quality = NULL")
+                if self.has_quality:  # the new model's verdict on each photo
+                    self._execute("UPDATE images SET quality = (SELECT quality FROM upgrade_images "
+                                  "WHERE upgrade_images.image_id = images.id)")
                 self.embedding_dim = embedding_dim
                 self._rebuild_templates()
                 self._retyped()
@@ -513,7 +516,7 @@ class SqliteStore(GalleryStore):
     def _staging_schema(self, embedding_dim: int) -> str:
         return ("CREATE TABLE upgrade_images (image_id INTEGER PRIMARY KEY REFERENCES images(id) "
                 "ON DELETE CASCADE, embedding BLOB, thumbnail BLOB, det_score REAL, face_size REAL, "
-                "sharpness REAL, problem TEXT)")
+                "sharpness REAL, quality REAL, problem TEXT)")
 
     def _vector(self, embedding: np.ndarray) -> bytes:
         return np.asarray(embedding, np.float32).tobytes()
@@ -617,7 +620,7 @@ class PostgresStore(GalleryStore):
     def _staging_schema(self, embedding_dim: int) -> str:
         return (f"CREATE TABLE upgrade_images (image_id BIGINT PRIMARY KEY REFERENCES images(id) "
                 f"ON DELETE CASCADE, embedding vector({embedding_dim}), thumbnail BYTEA, det_score REAL, "
-                f"face_size REAL, sharpness REAL, problem TEXT)")
+                f"face_size REAL, sharpness REAL, quality REAL, problem TEXT)")
 
     def _retype_embeddings(self, embedding_dim: int) -> None:
         """vector(old) → vector(new): the HNSW index goes (rebuilt by `_retyped`), the emptied
