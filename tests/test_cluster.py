@@ -87,30 +87,41 @@ def test_cluster_rows_equal_the_single_machine_path(photos, single_machine, clus
     assert summary.failed == sum(s != "ok" for s in statuses.values())
 
 
-def _embed_actor_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and "MapBatches(EmbedFaces)" in p.info["cmdline"][0]]
+def _busy_embed_actor() -> int | None:
+    """The pid of an embedding actor that has been working for a while (past loading its models:
+    2.5 s of CPU), or None."""
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"]
+        if cmdline and "MapBatches(EmbedFaces)" in cmdline[0]:
+            try:
+                if process.cpu_times().user > 2.5:
+                    return process.pid
+            except psutil.NoSuchProcess:
+                continue
+    return None
 
 
 def test_a_killed_worker_loses_no_photo_and_writes_none_twice(photos, single_machine, cluster, tmp_path):
     """SIGKILL an embedding actor mid-run: Ray restarts it and retries its batch."""
     from faceverify import records
 
-    killed = []
+    killed, finished = [], threading.Event()
 
     def kill_one_actor():
-        deadline = time.time() + 120
-        while not killed and time.time() < deadline:
-            pids = _embed_actor_pids()
-            if pids and (tmp_path / "out").is_dir() and any((tmp_path / "out").glob("part-*")):
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
+        while not killed and not finished.is_set():
+            pid = _busy_embed_actor()
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_one_actor)
     killer.start()
-    cluster.embed_on_ray(photos[1], tmp_path / "out", cluster.PipelineSpec.for_model(BUNDLED_ONNX))
-    killer.join()
+    try:
+        cluster.embed_on_ray(photos[1], tmp_path / "out", cluster.PipelineSpec.for_model(BUNDLED_ONNX))
+    finally:
+        finished.set()
+        killer.join()
     assert killed, "no embedding actor was found to kill"
     assert_same_rows(records.read_results(tmp_path / "out"), single_machine)
 
