@@ -34,6 +34,14 @@ MODEL_CARD = weights_dir() / "MODEL_CARD.md"
 CROP_ZOOM = 2  # aligned crops (the first template of the model, e.g. 112×112) are shown twice as large
 
 
+def unreliable(result, what: str) -> str:
+    """The paragraph a verdict gets when a face is below the model's quality floor ("" otherwise)."""
+    if result.reliable:
+        return ""
+    return (f"\n\n**Unreliable:** {'; '.join(result.problems)}. {what} on such a photo is often wrong: "
+            "use a clearer, frontal one.")
+
+
 def user_error(message: str) -> gr.Error:
     """A message for the user; the console gets no traceback for it (it is not a server fault)."""
     return gr.Error(message, print_exception=False)
@@ -117,9 +125,7 @@ class FaceApp:
         verdict = (f"## {'Same person' if result.same else 'Different people'}\n"
                    f"Similarity **{result.score:.3f}** {'≥' if result.same else '<'} threshold "
                    f"{result.threshold:.3f} ({self.threshold_meaning(result.threshold)}).")
-        if not result.reliable:
-            verdict += ("\n\n**Unreliable:** " + "; ".join(result.problems) +
-                        ". A decision on such a photo is often wrong: use a clearer, frontal one.")
+        verdict += unreliable(result, "A decision")
         if notes:
             verdict += "\n\n" + "\n\n".join(notes)
         return verdict, shown[0], shown[1], self.outputs(side_by_side([f.crop for f in chosen]))
@@ -141,9 +147,7 @@ class FaceApp:
         headline = (f"## {result.name}\nscore {result.score:.3f} ≥ gallery threshold {result.threshold:.3f}"
                     if result.name else f"## Unknown\nbest match {result.matches[0][0]} scores "
                     f"{result.score:.3f} < gallery threshold {result.threshold:.3f}")
-        if not result.reliable:
-            headline += ("\n\n**Unreliable:** " + "; ".join(result.problems) +
-                         ". An answer for such a photo is often wrong: use a clearer, frontal one.")
+        headline += unreliable(result, "An answer")
         return headline, [(self.outputs(t), c) for t, c in thumbs if t is not None]
 
     # ---------------------------------------------------------------- enroll

@@ -70,9 +70,13 @@ def cmd_verify(args) -> int:
     else:
         verdict = "same person" if result.same else "different people"
         print(f"{verdict}: score {result.score:.4f} "
-              f"{'>=' if result.same else '<'} threshold {result.threshold:.4f}"
-              + ("" if result.reliable else f" (unreliable: {'; '.join(result.problems)})"))
+              f"{'>=' if result.same else '<'} threshold {result.threshold:.4f}{_unreliable(result)}")
     return EXIT_OK
+
+
+def _unreliable(result) -> str:
+    """What a decision's line adds when a face is below the quality floor (nothing otherwise)."""
+    return "" if result.reliable else f" (unreliable: {'; '.join(result.problems)})"
 
 
 def _ray_arg(p) -> None:
@@ -94,13 +98,15 @@ def add_embed(sub) -> None:
     p.set_defaults(func=cmd_embed)
 
 
-def _cluster(args):
-    """The cluster module, connected, and the pipeline spec of the model asked for."""
+def _cluster(args, verifier=None):
+    """The cluster module, connected, and the pipeline spec of the model asked for (`verifier`:
+    that model, already loaded here)."""
     try:
         from . import cluster
     except ImportError as exc:
         raise FaceVerifyError(f"--ray needs Ray: pip install 'faceverify[ray]' ({exc.name or exc} is missing)") from None
-    spec = cluster.PipelineSpec.for_model(args.model, face_policy=args.face_policy, flip=args.flip,
+    spec = cluster.PipelineSpec.for_model(args.model, verifier.metadata.weights_sha256 if verifier else None,
+                                          face_policy=args.face_policy, flip=args.flip,
                                           min_face_fraction=args.min_face_fraction,
                                           max_detection_side=args.max_detection_side,
                                           quality_floor=args.quality_floor, assume_cropped=args.assume_cropped)
@@ -353,7 +359,7 @@ def cmd_enroll(args) -> int:
         if args.name:
             reports = [gallery.enroll(args.name, args.images)]
         elif args.dataset and args.ray is not None:
-            cluster, spec = _cluster(args)
+            cluster, spec = _cluster(args, gallery.verifier)
             reports = cluster.enroll_on_ray(gallery, args.dataset, spec, progress=not args.quiet)
         elif args.dataset:
             reports = gallery.enroll_dataset(args.dataset, progress=not args.quiet)
@@ -398,8 +404,7 @@ def cmd_identify(args) -> int:
             rows.append({"image": str(path), **result.to_dict()})
             if not args.json:
                 print(f"{path}: {result.name or 'unknown'} (score {result.score:.4f}, "
-                      f"threshold {result.threshold:.4f})"
-                      + ("" if result.reliable else f" (unreliable: {'; '.join(result.problems)})"))
+                      f"threshold {result.threshold:.4f}){_unreliable(result)}")
     if args.json:
         print(json.dumps(rows, indent=2))
     return EXIT_OK if any("error" not in r for r in rows) else EXIT_INPUT

@@ -50,8 +50,10 @@ class PipelineSpec:
     assume_cropped: bool = False
 
     @classmethod
-    def for_model(cls, model: str | Path | None = None, **options) -> "PipelineSpec":
-        """The spec for an ONNX model (default: the bundled one), its hash read on the driver."""
+    def for_model(cls, model: str | Path | None = None, model_sha256: str | None = None,
+                  **options) -> "PipelineSpec":
+        """The spec for an ONNX model (default: the bundled one), its hash read on the driver
+        unless the caller has it (a verifier already loaded)."""
         from .runtime import OnnxEmbedder
         from .verifier import default_model_path
 
@@ -59,7 +61,7 @@ class PipelineSpec:
         if path.suffix != ".onnx":
             raise ModelError(f"{path}: the cluster path runs ONNX models; export it first "
                              "(`faceverify export`)")
-        sha = OnnxEmbedder(path, threads=1).metadata.weights_sha256
+        sha = model_sha256 or OnnxEmbedder(path, threads=1).metadata.weights_sha256
         return cls(str(path.absolute()) if model is not None else None, sha, **options)
 
 

@@ -94,7 +94,7 @@ def measure(face, crop: np.ndarray, feature_norms=()) -> FaceQuality:
     return FaceQuality(pose.yaw, pose.pitch, pose.roll, float(np.linalg.norm(right - left)),
                        float(cv2.Laplacian(grey, cv2.CV_64F).var()), float(grey.mean() / 255),
                        float(grey.std() / 255), float(face.score), [float(v) for v in feature_norms],
-                       bool(getattr(face, "whole_image", False)))
+                       face.whole_image)
 
 
 #: inputs of the quality model, each a function of a `FaceQuality`; a model whose embedder reports

@@ -34,8 +34,7 @@ def result_row(path: str, result, model_sha256: str) -> dict:
             "box": np.asarray(face.box, np.float32).tolist(), "score": float(face.score),
             "landmarks": np.asarray(face.landmarks, np.float32).reshape(-1).tolist(),
             "faces_found": int(result.faces_found), "whole_image": bool(face.whole_image),
-            "quality_score": quality.score if quality is not None else None, "reliable": result.reliable,
-            "problems": list(quality.problems) if quality is not None else [],
+            "quality_score": quality.score, "reliable": quality.reliable, "problems": list(quality.problems),
             "embedding": np.asarray(result.embedding, np.float32).tolist(), "model_sha256": model_sha256}
 
 

@@ -50,11 +50,11 @@ class FaceEmbedding(AlignedFace):
     measures it again."""
 
     embedding: np.ndarray
-    quality: FaceQuality | None = None
+    quality: FaceQuality
 
     @property
     def reliable(self) -> bool:
-        return self.quality is None or self.quality.reliable
+        return self.quality.reliable
 
 
 @dataclass
@@ -74,7 +74,7 @@ class VerificationResult:
     @property
     def problems(self) -> list[str]:
         return [f"{which} photo: {p}" for which, f in zip(("first", "second"), self.faces)
-                for p in (f.quality.problems if f.quality else [])]
+                for p in f.quality.problems]
 
     def to_dict(self) -> dict:
         return {"same": self.same, "score": round(self.score, 6), "threshold": self.threshold,
@@ -85,7 +85,7 @@ class VerificationResult:
 def face_dict(face: FaceEmbedding) -> dict:
     """A face for JSON: box, score, landmarks, how many faces the photo held, its quality."""
     return {**face.face.to_dict(), "faces_found": face.faces_found,
-            "quality": face.quality.to_dict() if face.quality else None}
+            "quality": face.quality.to_dict()}
 
 
 class Verifier:

@@ -46,12 +46,8 @@ def analyse(verifier: Verifier, samples, cache: Path | None = None):
     face, through the model's pipeline (policy "central", as evaluation uses); cached in `cache`."""
     if cache and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            return z["embeddings"], z["qualities"], z["labels"], (z["keys"].tolist() if "keys" in z else [])
+            return z["embeddings"], z["qualities"], z["labels"], z["keys"].tolist()
     results = list(verifier.analyze_stream([s.path for s in samples], [s.key for s in samples], "central"))
-    return _arrays(results, samples, cache)
-
-
-def _arrays(results, samples, cache):
     kept = [(r, s.identity) for r, s in zip(results, samples) if isinstance(r, FaceEmbedding)]
     keys = [s.key for r, s in zip(results, samples) if isinstance(r, FaceEmbedding)]
     embeddings = np.stack([r.embedding for r, _ in kept])

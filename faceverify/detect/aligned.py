@@ -66,8 +66,9 @@ def detect_faces(images: Sequence[ImageInput], detector: Detector) -> list[Detec
             detections[i] = [shift_face(f, -offset) for f in faces]
     # cut brows to chin, the photo is the face: MTCNN then finds nothing, or a face mostly
     # outside the frame whose landmarks are wrong; O-Net on the whole photo places them
-    whole = [i for i in order if all(cut_by_frame(f, loaded[i].shape) for f in detections[i])]
-    if whole and hasattr(detector, "detect_whole"):
+    whole = [i for i in order if all(cut_by_frame(f, loaded[i].shape) for f in detections[i])] \
+        if hasattr(detector, "detect_whole") else []
+    if whole:
         for i, faces in zip(whole, detector.detect_whole([loaded[i] for i in whole])):
             detections[i] = faces or detections[i]
     for i in order:

@@ -49,11 +49,12 @@ class QualityGate:
         return issues
 
 
-def face_quality(face, crop: np.ndarray) -> dict:
-    x1, y1, x2, y2 = face.box
-    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-    return {"det_score": float(face.score), "face_size": float(min(x2 - x1, y2 - y1)),
-            "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var())}
+def face_quality(face: FaceEmbedding) -> dict:
+    """The measures a gallery stores of a photo (and its gate reads), as the verifier took them."""
+    x1, y1, x2, y2 = face.face.box
+    quality = face.quality
+    return {"det_score": quality.det_score, "face_size": float(min(x2 - x1, y2 - y1)),
+            "sharpness": quality.sharpness, "quality": quality.score}
 
 
 def enrolment_photo(source: str, digest: str, result) -> dict:
@@ -61,11 +62,10 @@ def enrolment_photo(source: str, digest: str, result) -> dict:
     stopped it: computed wherever the photo was embedded, committed by `Gallery.add_photos`."""
     if isinstance(result, FaceVerifyError):
         return {"source": source, "sha256": digest, "error": str(result)}
-    quality = result.quality  # its problems: every hint (the gate may be stricter than the floor)
     return {"source": source, "sha256": digest, "error": None, "embedding": result.embedding,
-            "thumbnail": encode_thumbnail(result.crop), **face_quality(result.face, result.crop),
-            "quality": quality.score if quality is not None else None,
-            "quality_problems": problems(quality) if quality is not None else []}
+            "thumbnail": encode_thumbnail(result.crop), **face_quality(result),
+            # every hint, not only the verifier's reasons: the gate may be stricter than the floor
+            "quality_problems": problems(result.quality)}
 
 
 def image_digest(rgb: np.ndarray) -> str:
@@ -137,12 +137,12 @@ class Identification:
 
     @property
     def problems(self) -> list[str]:
-        return list(self.face.quality.problems) if self.face is not None and self.face.quality else []
+        return list(self.face.quality.problems) if self.face is not None else []
 
     def to_dict(self) -> dict:
         return {"name": self.name or "unknown", "known": self.name is not None,
                 "reliable": self.reliable, "problems": self.problems,
-                "quality": self.face.quality.to_dict() if self.face is not None and self.face.quality else None,
+                "quality": self.face.quality.to_dict() if self.face is not None else None,
                 "score": round(self.score, 6), "threshold": self.threshold,
                 "matches": [{"name": n, "score": round(s, 6)} for n, s in self.matches],
                 "operating_point": self.operating_point.to_dict() if self.operating_point else None}

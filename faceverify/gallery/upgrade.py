@@ -150,9 +150,7 @@ def _reembed(verifier, people: list[tuple[str, list[dict]]]):
                                  + _reason(result, image["source"])}
         else:
             rows[image["id"]] = {"id": image["id"], "embedding": result.embedding,
-                                 "thumbnail": encode_thumbnail(result.crop),
-                                 "quality": result.quality.score if result.quality else None,
-                                 **face_quality(result.face, result.crop)}
+                                 "thumbnail": encode_thumbnail(result.crop), **face_quality(result)}
     for _, person in people:
         yield [rows[image["id"]] for image in person]
 

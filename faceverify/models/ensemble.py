@@ -87,12 +87,13 @@ class Ensemble(nn.Module):
 
     def member_embeddings(self, *faces: torch.Tensor) -> list[torch.Tensor]:
         """Each member's unit embedding (centred where the member has a centre), unweighted."""
-        if len(faces) != len(self.templates):
-            raise ModelError(f"the ensemble takes {len(self.templates)} crops per face "
-                             f"({[t.name for t in self.templates]}), got {len(faces)}")
         return self._unit(self._raw(faces))
 
     def _raw(self, faces) -> list[torch.Tensor]:
+        """Each member's output before normalisation."""
+        if len(faces) != len(self.templates):
+            raise ModelError(f"the ensemble takes {len(self.templates)} crops per face "
+                             f"({[t.name for t in self.templates]}), got {len(faces)}")
         return [network(faces[k].float()).float() for network, k in zip(self.networks, self._inputs)]
 
     def _unit(self, raw: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -107,9 +108,6 @@ class Ensemble(nn.Module):
         """(embeddings, (N, members) norms of each member's output before normalisation): a
         margin-trained network's feature norm grows with how recognisable the face is, which the
         quality model reads (`quality.py`)."""
-        if len(faces) != len(self.templates):
-            raise ModelError(f"the ensemble takes {len(self.templates)} crops per face "
-                             f"({[t.name for t in self.templates]}), got {len(faces)}")
         raw = self._raw(faces)
         parts = [math.sqrt(s.weight) * v for s, v in zip(self.specs, self._unit(raw))]
         return F.normalize(torch.cat(parts, dim=1), dim=1), torch.stack([r.norm(dim=1) for r in raw], dim=1)
