@@ -158,9 +158,13 @@ class FaceApp:
             raise user_error("Add at least one photo.")
         uploads = [f if isinstance(f, str) else f.name for f in files]
         try:
-            kept = [str(self.keep_photo(p)) for p in uploads]
             with self.gallery() as gallery, self._lock:
-                report = gallery.enroll(name, kept, kept)
+                kept = []
+                try:
+                    kept += [str(self.keep_photo(p)) for p in uploads]
+                    report = gallery.enroll(name, kept, kept)
+                finally:
+                    self.discard_unheld(kept, gallery)
         except FaceVerifyError as exc:
             raise user_error(str(exc)) from None
         except OSError as exc:
@@ -184,6 +188,14 @@ class FaceApp:
             partial.write_bytes(data)
             os.replace(partial, kept)
         return kept.resolve()
+
+    @staticmethod
+    def discard_unheld(kept: list[str], gallery: Gallery) -> None:
+        """Delete the kept copies the gallery holds no image of (rejected photos, a failed
+        enrolment): a face photo is not kept for nothing. A rejected duplicate shares its name
+        with the enrolled copy, which stays."""
+        for path in set(kept) - gallery.store.sources():
+            Path(path).unlink(missing_ok=True)
 
     def identity_rows(self):
         if not self.gallery_path.is_file():

@@ -149,6 +149,28 @@ def test_app_decides_through_the_library(verifier, tmp_path):
     assert load_rgb(shown_a).shape == load_rgb(a).shape
 
 
+def test_rejected_uploads_are_not_kept(verifier, tmp_path):
+    """The UI keeps a copy of each enrolled upload (for upgrades); a photo the gallery rejects
+    leaves no copy behind, except a duplicate, whose copy is the enrolled image's own source."""
+    import cv2
+    import numpy as np
+
+    from faceverify_app.main import FaceApp, OutputFiles
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    app = FaceApp(verifier, tmp_path / "g.db", OutputFiles(tmp_path))
+    photos = [str(lfw("Aaron_Peirsol", i)) for i in (1, 2)]
+    summary, rows, _ = app.enroll("Aaron Peirsol", photos + [str(blank)])
+    assert summary.startswith("2 photo(s) added") and [r[1] for r in rows] == ["added", "added", "rejected"]
+    folder = tmp_path / "g.db.photos"
+    assert sorted(p.read_bytes() for p in folder.iterdir()) == sorted(Path(p).read_bytes() for p in photos)
+
+    summary, rows, _ = app.enroll("Someone Else", [photos[0], str(blank)])  # a duplicate and no face
+    assert summary.startswith("0 photo(s) added") and "duplicate" in rows[0][2]
+    assert len(list(folder.iterdir())) == 2  # the duplicate's copy is the enrolled one: still there
+
+
 def test_enroll_then_identify(client):
     from gradio_client import handle_file
 
