@@ -74,10 +74,10 @@ def test_faces_without_teacher_embedding_are_left_out():
     with torch.no_grad():
         loss, stats = distill(student, targets)
         a, b = distill.projectors["a"], distill.projectors["b"]
-        expected = {"distill_a_cosine": cosine_term(a(student[:4]), targets["a"][:4]),
-                    "distill_a_relation": relation_term(student[:4], targets["a"][:4]),
-                    "distill_b_cosine": cosine_term(b(student), targets["b"]),
-                    "distill_b_relation": relation_term(student, targets["b"])}
+        expected = {"distill_a_cosine_loss": cosine_term(a(student[:4]), targets["a"][:4]),
+                    "distill_a_relation_loss": relation_term(student[:4], targets["a"][:4]),
+                    "distill_b_cosine_loss": cosine_term(b(student), targets["b"]),
+                    "distill_b_relation_loss": relation_term(student, targets["b"])}
     assert set(stats) == set(expected)
     for key, value in expected.items():
         assert float(stats[key]) == pytest.approx(float(value), abs=1e-6), key
@@ -210,7 +210,7 @@ def test_student_learns_from_real_teacher_embeddings(taught, tmp_path):
     trainer.fit()
     with open(tmp_path / "history.jsonl") as fh:
         records = [r for r in map(json.loads, fh) if "loss" in r]
-    for term in ("distill_dlib_cosine", "distill_dlib_relation"):
+    for term in ("distill_dlib_cosine_loss", "distill_dlib_relation_loss"):
         history = [r[term] for r in records]
         assert np.mean(history[-5:]) < 0.9 * np.mean(history[:5]), (term, history)
     state = torch.load(tmp_path / "state.pt", weights_only=True)["method"]
@@ -231,7 +231,7 @@ def test_killed_distillation_run_resumes(taught, tmp_path):
                                            "objective.name=supcon", "distill.teachers=[dlib]",
                                            "distill.relation_weight=1.0"), total=40)
     with open(tmp_path / "history.jsonl") as fh:
-        assert all("distill_dlib_cosine" in r for r in map(json.loads, fh) if "loss" in r)
+        assert all("distill_dlib_cosine_loss" in r for r in map(json.loads, fh) if "loss" in r)
 
 
 def mobilefacenet_teacher():
@@ -357,4 +357,4 @@ def test_dlib_student_fine_tunes_toward_the_ensemble(taught, tmp_path):
     assert stem and all(torch.equal(before[k], after[k]) for k in stem)
     assert any(not torch.equal(before[k], after[k]) for k in late)
     with open(tmp_path / "run" / "history.jsonl") as fh:
-        assert all("distill_ensemble_cosine" in r for r in map(json.loads, fh) if "loss" in r)
+        assert all("distill_ensemble_cosine_loss" in r for r in map(json.loads, fh) if "loss" in r)

@@ -58,11 +58,11 @@ class Distillation(nn.Module):
             s, t = student[present], target[present]
             cosine = cosine_term(projector(s), t)
             loss = loss + self.weight * cosine
-            stats[f"distill_{name}_cosine"] = cosine.detach()
+            stats[f"distill_{name}_cosine_loss"] = cosine.detach()
             if self.relation_weight:
                 relation = relation_term(s, t)
                 loss = loss + self.relation_weight * relation
-                stats[f"distill_{name}_relation"] = relation.detach()
+                stats[f"distill_{name}_relation_loss"] = relation.detach()
         return loss, stats
 
     @torch.no_grad()
