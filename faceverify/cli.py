@@ -533,7 +533,8 @@ def add_finetune(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="the fine-tuned checkpoint (.pt; .onnx beside it)")
     p.add_argument("--base", type=Path, help="checkpoint to start from (default: the bundled model's .pt)")
     p.add_argument("--work", type=Path, help="stages, checkpoints and the report (default: OUT-finetune/)")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, help="training steps (default: two passes over the training "
+                                             "photos, 300 to 5,000)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--val-fraction", type=float, default=0.3, help="share of identities held out")
     p.add_argument("--seed", type=int, default=0)

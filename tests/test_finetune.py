@@ -64,3 +64,23 @@ def test_too_few_people_is_a_clear_error(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"faceverify: error: {tmp_path / 'people'}: 2 identities with at least 2 photos; fine-tuning "
         "needs 6 or more (one sub-folder per person)"]
+
+
+def test_split_holds_out_identities_within_the_photo_cap(tmp_path):
+    """30 % of ORL's 40 people are held out (12, 10 photos each), fewer where the cap on held-out
+    photos (every pair of them is scored) says so; never a person on both sides."""
+    from faceverify.train.finetune import identity_split
+
+    manifest = DATA / "orl" / "manifest.csv"
+    for cap, held in ((10_000, 12), (35, 3), (5, 2)):
+        split = identity_split(manifest, tmp_path / f"split-{cap}.json", 0.3, 0, cap)
+        assert len(split["val"]) == held and len(split["train"]) == 40 - held
+        assert not set(split["val"]) & set(split["train"])
+
+
+def test_default_steps_are_two_passes_within_bounds():
+    from faceverify.train.finetune import MAX_STEPS, MIN_STEPS, training_steps
+
+    assert training_steps(969, 64) == MIN_STEPS  # Yale B's training side: 30 steps would not move it
+    assert training_steps(64_000, 64) == 2_000
+    assert training_steps(300_000, 64) == MAX_STEPS

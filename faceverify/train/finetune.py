@@ -33,9 +33,14 @@ from ..operating import roc_entry
 MIN_IDENTITIES, MIN_PHOTOS = 6, 2
 
 
+#: default length: about two passes over the training faces, within these bounds (a few hundred
+#: photos still get enough steps to move; a few hundred thousand stay within hours on a CPU)
+MIN_STEPS, MAX_STEPS, EPOCHS = 300, 5000, 2
+
+
 @dataclass
 class FinetuneConfig:
-    steps: int = 300
+    steps: int | None = None  # None: `training_steps` of the training faces
     lr: float = 1e-4
     p: int = 16  # identities per batch (fewer when the training side has fewer)
     k: int = 4
@@ -43,6 +48,7 @@ class FinetuneConfig:
     distill_weight: float = 1.0
     margin: float = 0.1
     val_fraction: float = 0.3
+    max_val_photos: int = 8000  # held-out photos at most: their every pair is scored (32M pairs)
     seed: int = 0
 
 
@@ -64,7 +70,7 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
     claim_work(work / "finetune.json", {"dataset": str(Path(dataset).resolve()), "base": base_meta.weights_sha256,
                                         **asdict(cfg)})
     member = trainable_member(base_model)
-    split = identity_split(dataset, work / "split.json", cfg.val_fraction, cfg.seed)
+    split = identity_split(dataset, work / "split.json", cfg.val_fraction, cfg.seed, cfg.max_val_photos)
     student = one_member(base_model, member)
     student_meta = build_metadata(student, hashed=False)  # its arch, size and template
     init = work / "base-member.pt"
@@ -78,7 +84,8 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
     # what the base member makes of each training face: the anchor that guards against forgetting
     embed_prepared(train_manifest, prepared, ModelTeacher(init), progress=progress)
 
-    identities = prepared_identities(prepared / "manifest.csv", cfg.k)
+    identities, faces = prepared_identities(prepared / "manifest.csv")
+    steps = cfg.steps or training_steps(faces, min(cfg.p, identities) * cfg.k)
     train_cfg = load_config(None, [
         f"out_dir={work / 'run'}", f"init_from={init}", f"seed={cfg.seed}", "checkpoint_every=25",
         "log_every=10", f"data.datasets=[{prepared}]", f"data.p={min(cfg.p, identities)}", f"data.k={cfg.k}",
@@ -86,14 +93,14 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
         f"model.embedding_dim={student_meta.embedding_dim}",
         f"model.frozen_stages={cfg.frozen_stages}", "objective.name=triplet", "objective.mining=semihard",
         f"objective.margin={cfg.margin}", "distill.teachers=[ensemble]", "distill.anchor=true", f"distill.weight={cfg.distill_weight}",
-        "optim.optimizer=adamw", f"optim.lr={cfg.lr}", f"optim.steps={cfg.steps}",
-        f"optim.warmup_steps={max(1, cfg.steps // 20)}", "optim.precision=fp32", "eval.pairs=null"])
+        "optim.optimizer=adamw", f"optim.lr={cfg.lr}", f"optim.steps={steps}",
+        f"optim.warmup_steps={max(1, steps // 20)}", "optim.precision=fp32", "eval.pairs=null"])
     trainer = Trainer(train_cfg, resume=True, progress=progress)
     if not (work / "run" / "final.pt").is_file():
         trainer.fit()
     tuned_member, _ = load_checkpoint(work / "run" / "final.pt")
     tuned = replace_member(base_model, member, tuned_member)
-    training = {"finetune": {**asdict(cfg), "dataset": str(dataset), "base": str(base),
+    training = {"finetune": {**asdict(cfg), "steps": steps, "dataset": str(dataset), "base": str(base),
                              "base_weights_sha256": base_meta.weights_sha256,
                              "train_identities": sorted(split["train"]), "val_identities": sorted(split["val"])}}
     save_checkpoint(out, tuned, training=training, half=base_meta.weights_dtype == "float16", flip=base_meta.flip)
@@ -127,20 +134,25 @@ def claim_work(path: Path, run: dict) -> None:
     path.write_text(json.dumps(run, indent=1))
 
 
-def prepared_identities(manifest: Path, k: int) -> int:
+def training_steps(faces: int, batch: int) -> int:
+    """The default number of steps: `EPOCHS` passes over `faces`, within [MIN_STEPS, MAX_STEPS]."""
+    return int(np.clip(round(EPOCHS * faces / batch), MIN_STEPS, MAX_STEPS))
+
+
+def prepared_identities(manifest: Path) -> tuple[int, int]:
     """How many training identities kept at least 2 faces after detection (a P×K batch draws from
-    those); too few is an input problem, said as such."""
+    those), and how many faces they have; too few is an input problem, said as such."""
     import csv
 
     with open(manifest, newline="") as fh:
         counts: dict[str, int] = {}
         for row in csv.DictReader(fh):
             counts[row["identity"]] = counts.get(row["identity"], 0) + 1
-    usable = sum(n >= MIN_PHOTOS for n in counts.values())
-    if usable < 2:
-        raise FaceVerifyError(f"only {usable} training identities have {MIN_PHOTOS} or more photos with a "
+    usable = [n for n in counts.values() if n >= MIN_PHOTOS]
+    if len(usable) < 2:
+        raise FaceVerifyError(f"only {len(usable)} training identities have {MIN_PHOTOS} or more photos with a "
                               "face found: add photos (or people) to fine-tune")
-    return usable
+    return len(usable), sum(usable)
 
 
 def trainable_member(model) -> int:
@@ -169,8 +181,10 @@ def replace_member(model, member: int, tuned):
     return Ensemble(networks, model.specs, [getattr(model, f"centre_{i}") for i in range(len(networks))])
 
 
-def identity_split(dataset, path: Path, val_fraction: float, seed: int) -> dict:
-    """{train: {identity: [photos]}, val: {...}}, identities disjoint; stored so a rerun keeps it."""
+def identity_split(dataset, path: Path, val_fraction: float, seed: int, max_val_photos: int) -> dict:
+    """{train: {identity: [photos]}, val: {...}}, identities disjoint; stored so a rerun keeps it.
+    `val_fraction` of the identities are held out, fewer where their photos would pass
+    `max_val_photos` (every pair of them is scored; the rest serve training better)."""
     if path.is_file():
         return json.loads(path.read_text())
     by_identity: dict[str, list[str]] = {}
@@ -181,7 +195,8 @@ def identity_split(dataset, path: Path, val_fraction: float, seed: int) -> dict:
         raise FaceVerifyError(f"{dataset}: {len(usable)} identities with at least {MIN_PHOTOS} photos; "
                               f"fine-tuning needs {MIN_IDENTITIES} or more (one sub-folder per person)")
     order = np.random.default_rng(seed).permutation(usable)
-    held = max(2, round(val_fraction * len(order)))
+    photos = np.cumsum([len(by_identity[name]) for name in order])
+    held = max(2, min(round(val_fraction * len(order)), int(np.searchsorted(photos, max_val_photos, "right"))))
     split = {"val": {n: by_identity[n] for n in sorted(order[:held])},
              "train": {n: by_identity[n] for n in sorted(order[held:])}}
     path.write_text(json.dumps(split, indent=1))
