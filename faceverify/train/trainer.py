@@ -52,7 +52,10 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.device = _device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
-        if self.world > 1 and not dist.is_initialized():
+        #: a process group this trainer started, and so ends after `fit` (left to interpreter exit,
+        #: gloo's threads can abort a rank: "terminate called without an active exception")
+        self.owns_group = self.world > 1 and not dist.is_initialized()
+        if self.owns_group:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
@@ -201,6 +204,8 @@ class Trainer:
                 self.log.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if self.owns_group:
+                dist.destroy_process_group()
         return summary
 
     def _train_step(self, indices: np.ndarray, generator: torch.Generator, autocast) -> dict:
