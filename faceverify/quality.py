@@ -98,7 +98,7 @@ def measure(face, crop: np.ndarray, feature_norms=()) -> FaceQuality:
 
 
 #: inputs of the quality model, each a function of a `FaceQuality`; a model whose embedder reports
-#: member feature norms adds one input per member (`norm_feature`)
+#: member feature norms adds one input per member, named `NORM_PREFIX` + the member's index
 FEATURES = {
     "abs_yaw": lambda q: abs(q.yaw) / 45,
     "yaw_sq": lambda q: (q.yaw / 45) ** 2,
@@ -112,21 +112,21 @@ FEATURES = {
 }
 
 
-def norm_feature(member: int) -> str:
-    return f"norm_{member}"
+NORM_PREFIX = "norm_"
 
 
 def _feature(name: str):
     if name in FEATURES:
         return FEATURES[name]
-    if name.startswith("norm_") and name[5:].isdigit():
-        return lambda q: q.feature_norms[int(name[5:])]
+    member = name.removeprefix(NORM_PREFIX)
+    if member != name and member.isdigit():
+        return lambda q: q.feature_norms[int(member)]
     raise ValueError(f"unknown quality feature {name!r}")
 
 
 def feature_names(members: int) -> list[str]:
     """The quality model's inputs for an embedder reporting `members` feature norms."""
-    return [*FEATURES, *(norm_feature(i) for i in range(members))]
+    return [*FEATURES, *(f"{NORM_PREFIX}{i}" for i in range(members))]
 
 
 def feature_matrix(qualities, names: list[str]) -> np.ndarray:
