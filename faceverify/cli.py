@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from .errors import FaceVerifyError
-from .policies import DETECTION_MAX_SIDE, POLICIES
+from .policies import DETECTION_MAX_SIDE, DETECTOR_NAMES, POLICIES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -25,8 +25,23 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _detector_name(text: str) -> str:
+    parts = [part.strip().lower() for part in text.split(">")]
+    if not 1 <= len(parts) <= 2 or any(part not in DETECTOR_NAMES for part in parts):
+        raise argparse.ArgumentTypeError(f"choose one of {', '.join(DETECTOR_NAMES)}, or two joined by '>' "
+                                         f"(the second where the first finds no face), not {text!r}")
+    return ">".join(parts)
+
+
+def _detector_arg(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--detector", type=_detector_name, metavar="NAME",
+                        help=f"{' | '.join(DETECTOR_NAMES)}, or e.g. retinaface>mtcnn (MTCNN where "
+                             f"RetinaFace finds no face); default: {default_help}")
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint (.pt) or ONNX (.onnx); default: bundled model")
+    _detector_arg(parser, "the one the model was calibrated with")
     parser.add_argument("--device", help="torch device for a .pt model (default: cuda if available)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average each face's embedding with its mirror image's (default: as the "
@@ -47,7 +62,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 def _verifier(args, face_policy: str = "single"):
     from .verifier import Verifier
 
-    return Verifier(args.model, device=args.device, face_policy=face_policy, flip=args.flip,
+    return Verifier(args.model, detector=args.detector, device=args.device, face_policy=face_policy, flip=args.flip,
                     min_face_fraction=args.min_face_fraction, max_detection_side=args.max_detection_side,
                     quality_floor=args.quality_floor, assume_cropped=args.assume_cropped)
 
@@ -106,6 +121,7 @@ def _cluster(args, verifier=None):
     except ImportError as exc:
         raise FaceVerifyError(f"--ray needs Ray: pip install 'faceverify[ray]' ({exc.name or exc} is missing)") from None
     spec = cluster.PipelineSpec.for_model(args.model, verifier.metadata.weights_sha256 if verifier else None,
+                                          args.detector or (verifier.detector_name if verifier else None),
                                           face_policy=args.face_policy, flip=args.flip,
                                           min_face_fraction=args.min_face_fraction,
                                           max_detection_side=args.max_detection_side,
@@ -136,7 +152,7 @@ def cmd_embed(args) -> int:
     results = list(tqdm(stream, total=len(args.images), desc="embed", unit="img", disable=len(args.images) < 50))
     ok = [isinstance(r, FaceEmbedding) for r in results]
     if args.out.suffix == ".parquet":
-        records.write_parquet([records.result_row(p, r, verifier.metadata.weights_sha256)
+        records.write_parquet([records.result_row(p, r, verifier.fingerprint)
                                for p, r in zip(args.images, results)], args.out)
     else:
         dim = verifier.metadata.embedding_dim
@@ -144,7 +160,8 @@ def cmd_embed(args) -> int:
                  embeddings=np.stack([r.embedding if k else np.full(dim, np.nan, np.float32)
                                       for r, k in zip(results, ok)]),
                  ok=np.array(ok), status=np.array(["ok" if k else str(r) for r, k in zip(results, ok)]),
-                 weights_sha256=verifier.metadata.weights_sha256, flip=verifier.flip)
+                 weights_sha256=verifier.metadata.weights_sha256, detector=verifier.detector_name,
+                 fingerprint=verifier.fingerprint, flip=verifier.flip)
     for r, path in zip(results, args.images):
         if not isinstance(r, FaceEmbedding):
             print(f"warning: {r}", file=sys.stderr)
@@ -218,7 +235,7 @@ def _aligned_pairs(args, verifier):
 
     return _cached(args.cache, AlignedPairs, lambda: AlignedPairs.build(
         read_pairs(args.pairs, args.root), verifier.detector, args.face_policy, verifier.templates,
-        progress=not args.quiet))
+        progress=not args.quiet), verifier.detector_name)
 
 
 def _aligned_identities(args, verifier):
@@ -228,12 +245,16 @@ def _aligned_identities(args, verifier):
 
     return _cached(args.cache, AlignedIdentities, lambda: AlignedIdentities.build(
         load_samples(args.identities, args.split), verifier.detector, args.face_policy,
-        verifier.templates, progress=not args.quiet))
+        verifier.templates, progress=not args.quiet), verifier.detector_name)
 
 
-def _cached(path, kind, build):
+def _cached(path, kind, build, detector: str):
+    """The aligned set from `path` if it exists (made with `detector`'s landmarks), else built
+    and saved there."""
     if path and Path(path).is_file():
-        return kind.load(path)
+        aligned = kind.load(path)
+        aligned.check_detector(detector)
+        return aligned
     aligned = build()
     if path:
         aligned.save(path)
@@ -243,7 +264,8 @@ def _cached(path, kind, build):
 def _write_report(args, verifier, report: dict) -> None:
     Path(args.json).write_text(json.dumps(
         {"pairs_file": str(args.pairs or args.identities), "split": args.split,
-         "weights_sha256": verifier.metadata.weights_sha256, "arch": verifier.metadata.arch,
+         "weights_sha256": verifier.metadata.weights_sha256, "detector": verifier.detector_name,
+         "arch": verifier.metadata.arch,
          "providers": verifier.providers, "face_policy": args.face_policy, "flip": verifier.flip,
          **report}, indent=2))
 
@@ -507,18 +529,21 @@ def add_prepare(sub) -> None:
                    help="smallest face searched, as a fraction of the short side (speed)")
     p.add_argument("--template", default="arcface-112",
                    help="the alignment the model to be trained takes (arcface-112, dlib-150)")
+    _detector_arg(p, "the bundled model's")
     p.add_argument("--device")
     p.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args) -> int:
     from .align import TEMPLATES
-    from .detect import TorchMTCNN
+    from .detect.registry import create_detector
     from .prepare import prepare_dataset
+    from .verifier import default_model_path, load_embedder
 
     if args.template not in TEMPLATES:
         raise FaceVerifyError(f"unknown template {args.template!r}; choose one of {sorted(TEMPLATES)}")
-    detector = TorchMTCNN(device=args.device, min_face_fraction=args.min_face_fraction)
+    name = args.detector or load_embedder(default_model_path()).metadata.detector_name
+    detector = create_detector(name, torch_free=False, device=args.device, min_face_fraction=args.min_face_fraction)
     report = prepare_dataset(args.source, args.dest, detector, split=args.split,
                              policy=args.face_policy, template=TEMPLATES[args.template])
     print(f"aligned {report.aligned}, failed {report.failed} (see {Path(args.dest) / 'failures.csv'}), "

@@ -31,6 +31,8 @@ from . import records
 from .data import image_paths, load_samples
 from .detect import DETECTION_MAX_SIDE
 from .errors import FaceVerifyError, ModelError, ModelMismatchError, error_from_name
+from .metadata import fingerprint
+from .policies import LEGACY_DETECTOR
 
 #: photos per Ray batch (the detector's batch on one machine)
 BATCH = 32
@@ -42,6 +44,7 @@ class PipelineSpec:
 
     model: str | None  # None: the bundled model of the worker's own install
     model_sha256: str
+    detector: str = LEGACY_DETECTOR  # a `detect.registry` name
     face_policy: str = "single"
     flip: bool | None = None
     min_face_fraction: float = 0.0
@@ -51,9 +54,9 @@ class PipelineSpec:
 
     @classmethod
     def for_model(cls, model: str | Path | None = None, model_sha256: str | None = None,
-                  **options) -> "PipelineSpec":
-        """The spec for an ONNX model (default: the bundled one), its hash read on the driver
-        unless the caller has it (a verifier already loaded)."""
+                  detector: str | None = None, **options) -> "PipelineSpec":
+        """The spec for an ONNX model (default: the bundled one), its hash and detector (default:
+        the one it names) read on the driver unless the caller has them (a verifier already loaded)."""
         from .runtime import OnnxEmbedder
         from .verifier import default_model_path
 
@@ -61,15 +64,24 @@ class PipelineSpec:
         if path.suffix != ".onnx":
             raise ModelError(f"{path}: the cluster path runs ONNX models; export it first "
                              "(`faceverify export`)")
-        sha = model_sha256 or OnnxEmbedder(path, threads=1).metadata.weights_sha256
-        return cls(str(path.absolute()) if model is not None else None, sha, **options)
+        if model_sha256 is None or detector is None:
+            metadata = OnnxEmbedder(path, threads=1).metadata
+            model_sha256, detector = model_sha256 or metadata.weights_sha256, detector or metadata.detector_name
+        return cls(str(path.absolute()) if model is not None else None, model_sha256, detector, **options)
+
+    @property
+    def fingerprint(self) -> str:
+        """What the parts' rows record (`metadata.fingerprint`): the model's weights and the detector."""
+        from .detect.registry import weights_sha256
+
+        return fingerprint(self.model_sha256, self.detector, weights_sha256(self.detector))
 
 
 @functools.lru_cache(maxsize=2)
 def worker_verifier(spec: PipelineSpec):
     """This worker process's verifier (built once, reused by every batch it is given): one
     onnxruntime thread per network, the worker owning its share of a core."""
-    from .detect import OnnxMTCNN
+    from .detect.registry import create_detector
     from .runtime import OnnxEmbedder
     from .verifier import Verifier, default_model_path
 
@@ -77,8 +89,9 @@ def worker_verifier(spec: PipelineSpec):
     if embedder.metadata.weights_sha256 != spec.model_sha256:
         raise ModelMismatchError(f"this node's model {embedder.metadata.weights_sha256[:12]} is not the "
                                  f"driver's {spec.model_sha256[:12]}: install the same faceverify everywhere")
-    detector = OnnxMTCNN(providers=["CPUExecutionProvider"], min_face_fraction=spec.min_face_fraction,
-                         max_side=spec.max_detection_side, workers=1, threads=1)
+    detector = create_detector(spec.detector, providers=["CPUExecutionProvider"],
+                               min_face_fraction=spec.min_face_fraction, max_side=spec.max_detection_side,
+                               workers=1, threads=1)
     return Verifier(embedder=embedder, detector=detector, face_policy=spec.face_policy, flip=spec.flip,
                     quality_floor=spec.quality_floor, assume_cropped=spec.assume_cropped)
 
@@ -138,7 +151,7 @@ class EmbedFaces:
         results: list = [error_from_name(s, e) for s, e in zip(batch["status"], batch["error"])]
         for i, face in zip(ok, self.verifier.embed_faces(faces)):
             results[i] = face
-        rows = [records.result_row(p, r, self.spec.model_sha256) for p, r in zip(batch["path"], results)]
+        rows = [records.result_row(p, r, self.spec.fingerprint) for p, r in zip(batch["path"], results)]
         if self.enrolment:
             for row, result, digest, identity in zip(rows, results, batch["sha256"], batch["identity"]):
                 photo = enrolment_photo(row["path"], str(digest) or None, result)
@@ -219,7 +232,7 @@ def embed_on_ray(images: Sequence[str | Path], out: str | Path, spec: PipelineSp
     if not paths:
         raise FaceVerifyError("no images found in the folders given")
     written = records.read_results(out, ["path", "model_sha256"])
-    foreign = set(written["model_sha256"].to_pylist()) - {spec.model_sha256}
+    foreign = set(written["model_sha256"].to_pylist()) - {spec.fingerprint}
     if foreign:
         raise ModelMismatchError(f"{out} holds rows of model {sorted(foreign)[0][:12]}, not "
                                  f"{spec.model_sha256[:12]}: write to another folder")
@@ -240,8 +253,8 @@ def enroll_on_ray(gallery, dataset: str | Path, spec: PipelineSpec, progress: bo
     from tqdm import tqdm
 
     verifier = gallery.verifier
-    if spec.model_sha256 != verifier.metadata.weights_sha256:
-        raise ModelMismatchError("the cluster's model is not the gallery's")
+    if spec.fingerprint != verifier.fingerprint:
+        raise ModelMismatchError("the cluster's model or detector is not the gallery's")
     if spec.face_policy != verifier.face_policy or (spec.flip if spec.flip is not None else
                                                      verifier.metadata.flip) != verifier.flip:
         raise ValueError("the cluster's face policy and flip must be the gallery verifier's")

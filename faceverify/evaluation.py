@@ -2,7 +2,8 @@
 
 `AlignedPairs` is shared by `faceverify evaluate` and by training-time validation (which caches it
 to disk, so each evaluation during training costs only the embedding of the crops). Crops are kept
-per alignment template (a model may take several), and a cache knows which templates it holds.
+per alignment template (a model may take several), and a cache knows which templates it holds and
+which detector's landmarks aligned them.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .detect import Detector
 from .errors import FaceVerifyError, ModelError
 from .metrics import cosine_scores
 from .pipeline import aligned_batches
+from .policies import LEGACY_DETECTOR
 
 
 def align_photos(paths: Sequence, names: Sequence[str], detector: Detector, face_policy: str,
@@ -44,18 +46,24 @@ def align_photos(paths: Sequence, names: Sequence[str], detector: Detector, face
     return crops, ok, failures
 
 
-def save_crops(crops: tuple[np.ndarray, ...], templates: Sequence[Template]) -> dict:
-    """npz fields for crops per template."""
-    return {"templates": np.array([t.name for t in templates], dtype=str),
+def save_crops(crops: tuple[np.ndarray, ...], templates: Sequence[Template], detector: str) -> dict:
+    """npz fields for crops per template, and the detector that placed them."""
+    return {"templates": np.array([t.name for t in templates], dtype=str), "detector": np.array(detector),
             **{f"crops_{i}": c for i, c in enumerate(crops)}}
 
 
-def load_crops(z) -> tuple[tuple[np.ndarray, ...], tuple[Template, ...]]:
-    """(crops per template, templates) from an npz written with `save_crops`."""
+def load_crops(z) -> tuple[tuple[np.ndarray, ...], tuple[Template, ...], str]:
+    """(crops per template, templates, detector name) from an npz written with `save_crops`
+    (caches written before detectors were named hold MTCNN's crops)."""
     names = z["templates"].tolist() if "templates" in z else []
     if not names:
         raise ModelError("an aligned-crops cache from an older version: delete it to rebuild")
-    return tuple(z[f"crops_{i}"] for i in range(len(names))), tuple(Template.from_dict({"name": n}) for n in names)
+    return (tuple(z[f"crops_{i}"] for i in range(len(names))), tuple(Template.from_dict({"name": n}) for n in names),
+            str(z["detector"]) if "detector" in z else LEGACY_DETECTOR)
+
+
+def detector_name(detector: Detector) -> str:
+    return getattr(detector, "name", "custom")
 
 
 class _Crops:
@@ -63,6 +71,13 @@ class _Crops:
 
     crops: tuple
     templates: tuple
+    detector: str
+
+    def check_detector(self, name: str) -> None:
+        """`ModelError` unless these crops were aligned on `name`'s landmarks."""
+        if self.detector != name:
+            raise ModelError(f"these aligned crops were made with {self.detector} landmarks, not {name}: "
+                             "rebuild the cache (or choose that detector)")
 
     def crops_for(self, templates: Sequence[Template]) -> tuple[np.ndarray, ...]:
         """The crops aligned to `templates` (a model's), or `ModelError` if this set lacks one."""
@@ -93,6 +108,7 @@ class AlignedPairs(_Crops):
 
     crops: tuple
     templates: tuple
+    detector: str
     ok: np.ndarray
     left: np.ndarray
     right: np.ndarray
@@ -107,12 +123,13 @@ class AlignedPairs(_Crops):
         index = {p: i for i, p in enumerate(paths)}
         crops, ok, failures = align_photos(paths, [str(p) for p in paths], detector, face_policy,
                                            templates, progress)
-        return cls(crops, tuple(templates), ok, np.array([index[p.left] for p in pairs]),
+        return cls(crops, tuple(templates), detector_name(detector), ok, np.array([index[p.left] for p in pairs]),
                    np.array([index[p.right] for p in pairs]), np.array([p.same for p in pairs]),
                    np.array([p.fold for p in pairs]), failures)
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(path, **save_crops(self.crops, self.templates), ok=self.ok, left=self.left, right=self.right,
+        np.savez_compressed(path, **save_crops(self.crops, self.templates, self.detector), ok=self.ok,
+                            left=self.left, right=self.right,
                             same=self.same, folds=self.folds,
                             failure_paths=np.array(list(self.failures), dtype=str),
                             failure_reasons=np.array(list(self.failures.values()), dtype=str))
@@ -139,6 +156,7 @@ class AlignedIdentities(_Crops):
 
     crops: tuple
     templates: tuple
+    detector: str
     ok: np.ndarray
     labels: np.ndarray
     identities: list
@@ -150,10 +168,11 @@ class AlignedIdentities(_Crops):
         crops, ok, failures = align_photos([s.path for s in samples], [s.key for s in samples],
                                            detector, face_policy, templates, progress)
         identities, labels = np.unique([s.identity for s in samples], return_inverse=True)
-        return cls(crops, tuple(templates), ok, labels, identities.tolist(), failures)
+        return cls(crops, tuple(templates), detector_name(detector), ok, labels, identities.tolist(), failures)
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(path, **save_crops(self.crops, self.templates), ok=self.ok, labels=self.labels,
+        np.savez_compressed(path, **save_crops(self.crops, self.templates, self.detector), ok=self.ok,
+                            labels=self.labels,
                             identities=np.array(self.identities, dtype=str),
                             failure_keys=np.array(list(self.failures), dtype=str),
                             failure_reasons=np.array(list(self.failures.values()), dtype=str))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .align import ARCFACE_112, Template
 from .errors import ModelError
+from .policies import LEGACY_DETECTOR
 
 FORMAT_VERSION = 1
 #: threshold-table keys (the `thresholds` dict's layout)
@@ -41,6 +42,9 @@ class ModelMetadata:
     members: list = field(default_factory=list)
     #: the per-face quality model fitted for these embeddings (`quality.QualityModel.to_dict`), or None
     quality: dict | None = None
+    #: the detector whose landmarks the thresholds and quality model were calibrated on
+    #: ({name, weights_sha256, licences}, `detect.registry.describe`); None: MTCNN (older models)
+    detector: dict | None = None
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -64,7 +68,7 @@ class ModelMetadata:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        for optional in ("onnx", "quality"):
+        for optional in ("onnx", "quality", "detector"):
             if out[optional] is None:
                 del out[optional]
         return out
@@ -90,6 +94,11 @@ class ModelMetadata:
         parts = [f"{m['name']} ({m['licence'] or 'licence unknown'}; weight {m['weight']:.2f}; "
                  f"{m['template']['name']} alignment)" for m in self.members]
         return f"ensemble of {' + '.join(parts)}, {self.embedding_dim}-d embeddings"
+
+    @property
+    def detector_name(self) -> str:
+        """The detector the model was calibrated with (`detect.registry` name)."""
+        return self.detector["name"] if self.detector else LEGACY_DETECTOR
 
     @property
     def short_hash(self) -> str:
@@ -123,3 +132,19 @@ class ModelMetadata:
     def dev(self) -> dict:
         """Dev-pair figures recorded at training time ({accuracy, auc, eer}), or {}."""
         return self.training.get("dev", {})
+
+
+def fingerprint(weights_sha256: str, detector_name: str = LEGACY_DETECTOR, detector_sha256: str = "") -> str:
+    """What makes two embeddings comparable (galleries, embedding files, cluster parts): the
+    model's weights and the detector whose landmarks aligned the faces, as
+    `<weights sha256>+<detector>:<its weights' sha256, 16 digits>`; MTCNN's is the weights' sha256
+    alone, as every gallery made before detectors were named records it."""
+    if detector_name == LEGACY_DETECTOR:
+        return weights_sha256
+    return f"{weights_sha256}+{detector_name}:{detector_sha256[:16]}"
+
+
+def describe_fingerprint(value: str) -> str:
+    """A fingerprint for people: `9e1313730bcd (retinaface landmarks)`."""
+    weights, _, detector = value.partition("+")
+    return f"{weights[:12]} ({detector.split(':')[0] if detector else LEGACY_DETECTOR} landmarks)"

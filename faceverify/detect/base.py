@@ -51,6 +51,7 @@ class AssumeCropped:
 
     def __init__(self, detector, min_score: float = 0.0):
         self.detector, self.min_score = detector, min_score
+        self.name = detector.name
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         return self.detector.detect_whole(images, self.min_score)

@@ -29,6 +29,8 @@ class OnnxMTCNN:
     where one large batch is best. `threads`: onnxruntime threads per network (0: one per core; a
     cluster worker that owns one core sets 1)."""
 
+    name = "mtcnn"
+
     def __init__(self, model_dir: str | Path | None = None, providers: list[str] | None = None,
                  min_face_size: int = 20, min_face_fraction: float = 0.0, max_side: int = DETECTION_MAX_SIDE,
                  min_score: float = MIN_FACE_SCORE, thresholds=(0.6, 0.7, 0.7), factor: float = 0.709,

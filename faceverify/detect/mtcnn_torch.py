@@ -16,6 +16,8 @@ MIN_FACE_SCORE = 0.9
 class TorchMTCNN:
     """Batched MTCNN on CPU or CUDA; images of equal size share one forward pass."""
 
+    name = "mtcnn"
+
     def __init__(self, device: str | None = None, min_face_size: int = 20,
                  min_face_fraction: float = 0.0, max_side: int = DETECTION_MAX_SIDE,
                  min_score: float = MIN_FACE_SCORE, thresholds=(0.6, 0.7, 0.7)):

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..data import load_samples
 from ..errors import FaceVerifyError, GalleryError, ModelMismatchError
+from ..metadata import describe_fingerprint
 from ..images import ImageInput
 from ..metadata import BEST_ACCURACY, FAR_1E2
 from ..operating import OperatingPoint, describe, far_for_fpir, threshold_for_far
@@ -168,7 +169,7 @@ class Gallery:
         self.roc = meta.gallery_roc
         fixed = default_threshold(meta) if threshold is None else threshold
         stored_fpir = target_fpir or (DEFAULT_FPIR if threshold is None and self.roc else None)
-        self.store = open_store(path, meta.weights_sha256, meta.embedding_dim, fixed,
+        self.store = open_store(path, verifier.fingerprint, meta.embedding_dim, fixed,
                                 busy_timeout_s, create, stored_fpir)
         self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()
@@ -177,7 +178,7 @@ class Gallery:
 
     @staticmethod
     def upgrade(path: str | Path, verifier, **options):
-        """Re-embed the gallery at `path` for `verifier`'s model and switch it to that model
+        """Re-embed the gallery at `path` for `verifier`'s model and detector and switch it to them
         (`upgrade.upgrade_gallery`: options, resumability, the `UpgradeReport` it returns)."""
         from .upgrade import upgrade_gallery
 
@@ -376,7 +377,7 @@ class Gallery:
             embeddings, quality = z["embeddings"], z["quality"]
         foreign = meta["weights_sha256"] != self.store.meta["weights_sha256"]
         if foreign and not reembed:
-            raise ModelMismatchError(f"{path} holds embeddings of model {meta['weights_sha256'][:12]}; "
+            raise ModelMismatchError(f"{path} holds embeddings of model {describe_fingerprint(meta['weights_sha256'])}; "
                                      "import it with re-embedding to use this model")
         added = 0
         for name in tqdm(sorted(set(names)), desc="import", unit="identity", disable=not progress):

@@ -2,8 +2,10 @@
 PostgreSQL + pgvector (galleries that outgrow one machine).
 
 Embeddings are stored as raw float32 (SQLite BLOB; pgvector `vector`), never pickled. A gallery
-records the fingerprint of the model that produced its embeddings (`weights_sha256`) and refuses
-any other model (`faceverify gallery upgrade` re-embeds it for a new one: see `upgrade`). The
+records the fingerprint of the model and detector that produced its embeddings (meta key
+`weights_sha256`, holding `metadata.fingerprint`: the weights' sha256, plus the detector for any
+but MTCNN) and refuses any other (`faceverify gallery upgrade` re-embeds it for a new model or
+detector: see `upgrade`). The
 whole enrollment of one identity is one transaction, so a process killed in the middle leaves the
 identity fully present or absent; a second writer waits up to the busy timeout and then gets
 `GalleryBusyError`. Search is the store's business: SQLite hands its
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GalleryBusyError, GalleryError, ModelMismatchError
+from ..metadata import describe_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,8 @@ class GalleryStore(ABC):
         if self.meta["weights_sha256"] != weights_sha256 and not any_model:
             self.close()
             raise ModelMismatchError(
-                f"{self.path} was built with model {self.meta['weights_sha256'][:12]}, not "
-                f"{weights_sha256[:12]}; re-embed it for this model with `faceverify gallery upgrade "
+                f"{self.path} was built with model {describe_fingerprint(self.meta['weights_sha256'])}, not "
+                f"{describe_fingerprint(weights_sha256)}; re-embed it for this model with `faceverify gallery upgrade "
                 f"--gallery {self.path} [--model NEW]` (resumable; it keeps working with its old "
                 "model until the switch), or open it with the model that built it")
         self.embedding_dim = int(self.meta["embedding_dim"])
@@ -167,7 +170,7 @@ class GalleryStore(ABC):
         one transaction, so a check after a read tells whether that read saw the old model's."""
         row = self._execute("SELECT value FROM meta WHERE key = 'weights_sha256'").fetchone()
         if row is None or row[0] != self.meta["weights_sha256"]:
-            raise ModelMismatchError(f"{self.path} was upgraded to model {row[0][:12] if row else '?'} "
+            raise ModelMismatchError(f"{self.path} was upgraded to model {describe_fingerprint(row[0]) if row else '?'} "
                                      "since it was opened; open it again with that model")
 
     # ----------------------------------------------------------------- reads

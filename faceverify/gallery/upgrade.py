@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import FaceVerifyError, GalleryBusyError, GalleryError
+from ..metadata import describe_fingerprint
 from ..pipeline import BATCH_IMAGES, decode_ahead
 from .gallery import _groups, default_threshold, encode_thumbnail, face_quality, image_digest
 from .store import open_store
@@ -30,7 +31,7 @@ SWITCH_ATTEMPTS = 3
 @dataclass
 class UpgradeReport:
     gallery: str
-    from_model: str  # weights sha256 the gallery was built with
+    from_model: str  # fingerprint (`metadata.fingerprint`: weights and detector) the gallery was built with
     to_model: str
     embedding_dim: int  # the new model's
     upgraded: bool = False  # switched by this call
@@ -48,12 +49,12 @@ class UpgradeReport:
         return self.upgraded or self.already
 
     def summary(self) -> str:
-        model = self.to_model[:12] + "…"
+        model = describe_fingerprint(self.to_model)
         if self.already:
             return f"{self.gallery} already uses model {model}: nothing to do"
         if not self.upgraded:
             return (f"{len(self.problems)} images could not be re-embedded: nothing switched, the gallery "
-                    f"still uses model {self.from_model[:12]}…")
+                    f"still uses model {describe_fingerprint(self.from_model)}")
         line = (f"upgraded {self.people} people ({self.images} images) to model {model}; "
                 f"{len(self.dropped)} images dropped")
         if self.removed_people:
@@ -76,16 +77,15 @@ def upgrade_gallery(location, verifier, drop_missing: bool = False, progress: bo
     still on its old model, the staged work kept for the next call) when some images could not be
     re-embedded and `drop_missing` is not set: `report.problems` lists them. Photos go through the
     model ~`batch_images` at a time; each person is committed to the staging on their own."""
-    target = verifier.metadata
-    store = open_store(location, target.weights_sha256, target.embedding_dim, default_threshold(target),
+    target, to_model = verifier.metadata, verifier.fingerprint
+    store = open_store(location, to_model, target.embedding_dim, default_threshold(target),
                        busy_timeout_s, create=False, any_model=True)
     try:
-        report = UpgradeReport(store.path, store.meta["weights_sha256"], target.weights_sha256,
-                               target.embedding_dim)
+        report = UpgradeReport(store.path, store.meta["weights_sha256"], to_model, target.embedding_dim)
         if report.from_model == report.to_model:
             report.already = True
         else:
-            report.reused = store.start_upgrade(target.weights_sha256, target.embedding_dim)
+            report.reused = store.start_upgrade(to_model, target.embedding_dim)
             for _ in range(SWITCH_ATTEMPTS):
                 _stage_all(store, verifier, report, progress, batch_images)
                 report.problems = store.staged_problems()
@@ -97,7 +97,7 @@ def upgrade_gallery(location, verifier, drop_missing: bool = False, progress: bo
                     raise GalleryError(f"{store.path}: none of the gallery's {store.image_count()} photos "
                                        "could be re-embedded (first: "
                                        f"{' / '.join(report.problems[0])}); nothing dropped, nothing switched")
-                switched = store.finish_upgrade(target.weights_sha256, target.embedding_dim,
+                switched = store.finish_upgrade(to_model, target.embedding_dim,
                                                 default_threshold(target), drop_missing)
                 if switched is not None:
                     break
@@ -118,7 +118,7 @@ def _stage_all(store, verifier, report: UpgradeReport, progress: bool, batch_ima
     with tqdm(total=len(people), desc="upgrade", unit="person", disable=not progress) as bar:
         for group in _groups(people, batch_images):
             for rows in _reembed(verifier, group):
-                store.stage(verifier.metadata.weights_sha256, rows)
+                store.stage(verifier.fingerprint, rows)
                 report.embedded += sum(row.get("embedding") is not None for row in rows)
                 bar.update(1)
 
