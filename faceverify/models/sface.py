@@ -43,6 +43,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelError
+from .onnx_graph import (attr, copy_batch_in_reshapes, remove_unused_initializers, set_metadata,
+                         set_symbolic_dims)
 
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
@@ -67,20 +69,6 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
             value.name = new
 
 
-def _set_batch_dynamic(value: onnx.ValueInfoProto) -> None:
-    dims = value.type.tensor_type.shape.dim
-    if dims:
-        dims[0].Clear()
-        dims[0].dim_param = BATCH_DIM
-
-
-def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    keep = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-
-
 def _bypass(graph: onnx.GraphProto, node: onnx.NodeProto) -> None:
     """Remove a one-in/one-out identity node, rewiring its consumers to its input."""
     src, dst = node.input[0], node.output[0]
@@ -95,16 +83,6 @@ def _bypass(graph: onnx.GraphProto, node: onnx.NodeProto) -> None:
     else:
         for other in graph.node:
             other.input[:] = [src if n == dst else n for n in other.input]
-
-
-def _activation_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor that depends on a real (non-initializer) graph input."""
-    inits = {i.name for i in graph.initializer}
-    live = {v.name for v in graph.input if v.name not in inits}
-    for node in graph.node:  # nodes are topologically sorted (checked by check_model)
-        if any(name in live for name in node.input):
-            live.update(node.output)
-    return live
 
 
 def repair(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -130,48 +108,23 @@ def repair(model: onnx.ModelProto) -> onnx.ModelProto:
     consumed = {name for node in graph.node for name in node.input}
     for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in consumed]:
         graph.node.remove(node)
-    _remove_unused_initializers(graph)
+    remove_unused_initializers(graph)
 
     _rename(graph, graph.input[0].name, INPUT_NAME)
     _rename(graph, graph.output[0].name, OUTPUT_NAME)
-    _set_batch_dynamic(graph.input[0])
-    _set_batch_dynamic(graph.output[0])
-    # A Reshape of activations to a constant shape would pin the batch: copy dim 0 instead.
-    # (None in this file: its Reshapes only reshape weights; kept as a guard.)
-    live = _activation_names(graph)
-    by_name = {i.name: i for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Reshape" and node.input[0] in live and node.input[1] in by_name:
-            shape = numpy_helper.to_array(by_name[node.input[1]]).copy()
-            if shape.size and shape[0] == 1:
-                shape[0] = 0  # 0 = copy the input's dimension (allowzero defaults to 0)
-                by_name[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
+    set_symbolic_dims(graph.input[0], {0: BATCH_DIM})
+    set_symbolic_dims(graph.output[0], {0: BATCH_DIM})
+    copy_batch_in_reshapes(graph)  # none in this file (its Reshapes only reshape weights): a guard
     # the shipped value_info carries batch-1 shapes; let shape inference recompute them
     del graph.value_info[:]
     model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import))
-    _set_metadata(model, {"source": f"OpenCV Zoo {SFACE_FILE} (sha256 {SFACE_SHA256})",
-                          "licence": SFACE_LICENCE,
-                          "input": "faces: (N, 3, 112, 112) float32 RGB 0..255, ArcFace-112 aligned",
-                          "output": "embeddings: (N, 128) float32, not L2-normalised"})
+    set_metadata(model, {"source": f"OpenCV Zoo {SFACE_FILE} (sha256 {SFACE_SHA256})",
+                         "licence": SFACE_LICENCE,
+                         "input": "faces: (N, 3, 112, 112) float32 RGB 0..255, ArcFace-112 aligned",
+                         "output": "embeddings: (N, 128) float32, not L2-normalised"})
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in values.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            model.metadata_props.add(key=key, value=value)
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def dequantize_linear(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
@@ -213,11 +166,11 @@ def dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
                 and all(n in consts and n not in graph_inputs for n in node.input if n)):
             if node.op_type == "DequantizeLinear":
                 args = [consts[n] if n else None for n in node.input] + [None] * 2
-                value = dequantize_linear(args[0], args[1], args[2], axis=_attr(node, "axis", 1),
-                                          block_size=_attr(node, "block_size", 0))
+                value = dequantize_linear(args[0], args[1], args[2], axis=attr(node, "axis", 1),
+                                          block_size=attr(node, "block_size", 0))
             else:
                 data, shape = consts[node.input[0]], consts[node.input[1]].astype(np.int64)
-                if _attr(node, "allowzero", 0) == 0:  # 0 copies the input's dimension
+                if attr(node, "allowzero", 0) == 0:  # 0 copies the input's dimension
                     shape = np.array([data.shape[i] if v == 0 else v for i, v in enumerate(shape)])
                 value = data.reshape(shape)
             consts[node.output[0]] = value
@@ -226,7 +179,7 @@ def dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
             new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _remove_unused_initializers(graph)
+    remove_unused_initializers(graph)
     left = [n.name or n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"]
     if left:
         raise ModelError(f"DequantizeLinear of non-constant inputs left: {left}")

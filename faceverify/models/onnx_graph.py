@@ -1,0 +1,71 @@
+"""Graph edits shared by the repairs of third-party ONNX files (SFace in `sface.py`, YuNet in
+`faceverify/detect/yunet.py`): they change how a graph is declared (shapes, unused tensors,
+metadata), never a weight."""
+from __future__ import annotations
+
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ModelError
+
+
+def set_symbolic_dims(value: onnx.ValueInfoProto, names: dict[int, str]) -> None:
+    """Declare the dimensions of `value` at the given positions symbolic ({position: name})."""
+    dims = value.type.tensor_type.shape.dim
+    for position, name in names.items():
+        if position < len(dims):
+            dims[position].Clear()
+            dims[position].dim_param = name
+
+
+def remove_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def activation_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor that depends on a real (non-initializer) graph input."""
+    inits = {i.name for i in graph.initializer}
+    live = {v.name for v in graph.input if v.name not in inits}
+    for node in graph.node:  # nodes are topologically sorted (checked by check_model)
+        if any(name in live for name in node.input):
+            live.update(node.output)
+    return live
+
+
+def copy_batch_in_reshapes(graph: onnx.GraphProto) -> None:
+    """Reshapes of activations to a constant shape starting with 1 would pin the batch: make that
+    1 a 0, which copies the input's dimension (allowzero defaults to 0)."""
+    live = activation_names(graph)
+    by_name = {i.name: i for i in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for node in graph.node:
+        if node.op_type == "Reshape" and node.input[0] in live and node.input[1] in by_name:
+            shape = numpy_helper.to_array(by_name[node.input[1]]).copy()
+            if shape.size and shape[0] == 1:
+                if any(r.op_type != "Reshape" or r.input[0] not in live for r in readers[node.input[1]]):
+                    raise ModelError(f"the shape {node.input[1]} of {node.name} is also read by "
+                                     "nodes that do not reshape activations")
+                shape[0] = 0
+                by_name[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            model.metadata_props.add(key=key, value=value)
+
+
+def attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
