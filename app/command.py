@@ -25,5 +25,5 @@ def serve(args) -> int:
         raise FaceVerifyError("the web UI needs Gradio: pip install 'faceverify[app]'")
     from .main import launch
 
-    launch(args.model, args.gallery, args.host, args.port, args.share, args.flip)
+    launch(args.model, args.gallery, args.host, args.port, args.share, args.flip, args.detector)
     return 0

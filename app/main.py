@@ -222,8 +222,8 @@ class FaceApp:
     def about(self) -> str:
         meta = self.verifier.metadata
         dev = meta.dev
-        lines = [f"**Model** {meta.description}; weights `{meta.short_hash}`, running on "
-                 f"{', '.join(self.verifier.providers)}."]
+        lines = [f"**Model** {meta.description}; weights `{meta.short_hash}`, faces found by "
+                 f"{self.verifier.detector_name}, running on {', '.join(self.verifier.providers)}."]
         if dev:
             lines.append(f"**Dev pairs (LFW folds 7-8)** accuracy {100 * dev['accuracy']:.2f}%, "
                          f"AUC {dev['auc']:.4f}, EER {100 * dev['eer']:.2f}%.")
@@ -303,8 +303,8 @@ def build(app: FaceApp) -> gr.Blocks:
 
 
 def launch(model=None, gallery: Path = DEFAULT_GALLERY, host: str = "127.0.0.1", port: int = 7860,
-           share: bool = False, flip: bool | None = None) -> None:
-    verifier = Verifier(model or default_model_path(), flip=flip)
+           share: bool = False, flip: bool | None = None, detector: str | None = None) -> None:
+    verifier = Verifier(model or default_model_path(), flip=flip, detector=detector)
     outputs = OutputFiles()
     demo = build(FaceApp(verifier, gallery, outputs))
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=32)

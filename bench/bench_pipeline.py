@@ -1,10 +1,12 @@
-"""End to end on a folder of real photos, side by side in one run: the ONNX MTCNN as issue 16 found
-it (commit 7027a0c, each image's pyramid on its own; run from a `git archive` of that commit) vs now, one image per call and
-batched, beside facenet-pytorch's MTCNN; `faceverify embed`'s pipeline (decode ahead, detect,
-align, embed) on the torch and ONNX paths, with the detector's speed knob (smallest face as a
-fraction of the image, and a maximum detection side); dlib / face_recognition's pipeline (HOG detector, 5-point landmarks,
-ResNet) when dlib and face_recognition_models are installed; and one-pair verification latency.
-Every pipeline takes the largest face of a photo, as face_recognition's users do.
+"""End to end on a folder of real photos, side by side in one run: the detectors alone (the ONNX
+MTCNN as issue 16 found it, commit 7027a0c, run from a `git archive` of that commit, vs now, one
+image per call and batched, beside facenet-pytorch's MTCNN, RetinaFace and YuNet); the time of each
+stage of the default pipeline (decode, detect, align, embed); `faceverify embed`'s pipeline (decode
+ahead, detect, align, embed) with the model's own detector and with MTCNN, on the ONNX and torch
+paths, with the detector's speed knobs (smallest face as a fraction of the image, a maximum
+detection side); dlib / face_recognition's pipeline (HOG detector, 5-point landmarks, ResNet) when
+dlib and face_recognition_models are installed; and one-pair verification latency. Every pipeline
+takes the largest face of a photo, as face_recognition's users do.
 
     python bench/bench_pipeline.py [--photos 500]
 """
@@ -20,8 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from common import LFW, ROOT, median_seconds, table
-from faceverify.detect import OnnxMTCNN, TorchMTCNN
+from faceverify.detect import OnnxMTCNN, TorchMTCNN, create_detector, select_face
+from faceverify.detect.aligned import align_templates
 from faceverify.errors import FaceVerifyError
 from faceverify.images import load_rgb
 from faceverify.verifier import Verifier
@@ -121,22 +126,28 @@ def main() -> None:
     if before is not None:
         rows.append([f"ONNX MTCNN at {BASELINE} (as issue 16 found it), one image per call", before])
     detector = OnnxMTCNN()
-    for name, mtcnn, calls in [("ONNX MTCNN now, one image per call", detector, one_at_a_time),
+    for name, found, calls in [("ONNX MTCNN now, one image per call", detector, one_at_a_time),
                                ("ONNX MTCNN now, batched (32 a call)", detector, batched),
                                ("facenet-pytorch MTCNN (torch), batched (32 a call)", TorchMTCNN(device="cpu"),
-                                batched)]:
-        mtcnn.detect(images[:4])  # warm-up
-        rows.append([name, images_per_second(calls(mtcnn), n)])
+                                batched),
+                               ("RetinaFace, batched (32 a call)", create_detector("retinaface"), batched),
+                               ("YuNet, batched (32 a call)", create_detector("yunet"), batched)]:
+        found.detect(images[:4])  # warm-up
+        rows.append([name, images_per_second(calls(found), n)])
     header = ["detector", "images/s"]
     if before is not None:
         header.append(f"vs {BASELINE}")
         rows = [row + [f"{row[1] / before:.2f}×"] for row in rows]
     table(f"detection only, {n} decoded LFW photos (250×250)", header, rows)
 
+    default = Verifier(f"{MODEL}.onnx", face_policy="largest")
+    stage_times(default, photos)
     paths = {
+        f"ONNX (.onnx, {default.detector_name}, the model's detector)": default,
+        "ONNX (.onnx, batched ONNX MTCNN)": Verifier(f"{MODEL}.onnx", face_policy="largest", detector="mtcnn"),
+        f"torch (.pt, {default.detector_name})": Verifier(f"{MODEL}.pt", device="cpu", face_policy="largest"),
         "torch (.pt, facenet-pytorch MTCNN)": Verifier(f"{MODEL}.pt", device="cpu", face_policy="largest",
                                                        detector=TorchMTCNN(device="cpu")),
-        "ONNX (.onnx, batched ONNX MTCNN)": Verifier(f"{MODEL}.onnx", face_policy="largest"),
         "ONNX, smallest face 1/5 of the image": Verifier(f"{MODEL}.onnx", face_policy="largest",
                                                          min_face_fraction=0.2),
         "ONNX, detected at ≤ 125 px a side": Verifier(f"{MODEL}.onnx", face_policy="largest",
@@ -170,11 +181,35 @@ def main() -> None:
 
     pair = (photos[0], photos[1])
     latency = {name: median_seconds(lambda v=verifier: v.verify(*pair), repeat=5)
-               for name, verifier in list(paths.items())[:2]}
-    torch_ms = 1000 * next(iter(latency.values()))
+               for name, verifier in list(paths.items())[:4]}
+    torch_ms = 1000 * latency[f"torch (.pt, {default.detector_name})"]
     table("verify one pair from JPEG files (decode, detect, align, embed, score)",
           ["path", "latency ms", "speed vs torch"],
           [[name, 1000 * s, torch_ms / (1000 * s)] for name, s in latency.items()])
+
+
+def stage_times(verifier: Verifier, photos: list[Path]) -> None:
+    """Each stage of the pipeline alone over the same photos, in the batches `embed` uses: what
+    bounds the folder speed (the stages overlap there, decoding ahead in threads)."""
+    seconds = {}
+    start = time.perf_counter()
+    images = [load_rgb(p) for p in photos]
+    seconds["decode (JPEG → RGB)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    found = [faces for i in range(0, len(images), 32) for faces in verifier.detector.detect(images[i:i + 32])]
+    seconds[f"detect ({verifier.detector_name}, 32 a call)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    crops = [align_templates(image, select_face(faces, image.shape, "largest"), verifier.templates)
+             for image, faces in zip(images, found) if faces]
+    seconds[f"align ({', '.join(t.name for t in verifier.templates)})"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(0, len(crops), 64):
+        verifier.features(*(np.stack(c) for c in zip(*crops[i:i + 64])))
+    seconds["embed (64 a call)"] = time.perf_counter() - start
+    total = sum(seconds.values())
+    table(f"the default pipeline's stages, one after another, {len(photos)} photos ({len(crops)} faces)",
+          ["stage", "ms a photo", "photos/s alone", "share"],
+          [[stage, 1000 * s / len(photos), len(photos) / s, f"{100 * s / total:.0f} %"] for stage, s in seconds.items()])
 
 
 if __name__ == "__main__":

@@ -79,9 +79,10 @@ def add_verify(sub) -> None:
 
 
 def cmd_verify(args) -> int:
-    result = _verifier(args, args.face_policy).verify(args.image_a, args.image_b, args.threshold)
+    verifier = _verifier(args, args.face_policy)
+    result = verifier.verify(args.image_a, args.image_b, args.threshold)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "detector": verifier.detector_name}, indent=2))
     else:
         verdict = "same person" if result.same else "different people"
         print(f"{verdict}: score {result.score:.4f} "
@@ -301,6 +302,13 @@ def cmd_calibrate(args) -> int:
               "flip-averaging: dropped; calibrate its other set again with the same --flip/--no-flip",
               file=sys.stderr)
         thresholds = {}
+    if verifier.detector_name != verifier.metadata.detector_name:
+        # landmarks of another detector move every score: the other set must be redone too
+        print(f"the model was calibrated with {verifier.metadata.detector_name} landmarks, this run uses "
+              f"{verifier.detector_name}: its thresholds are dropped and it will name {verifier.detector_name}; "
+              "calibrate its other set with the same --detector, and refit its quality model "
+              "(training/fit_quality.py)", file=sys.stderr)
+        thresholds = {}
     if args.pairs:
         from .metrics import calibrated_thresholds
 
@@ -318,7 +326,9 @@ def cmd_calibrate(args) -> int:
                                               f"{source}: every pair of photos")
         thresholds[TEMPLATE_ROC] = roc_entry(*template_scores(embeddings, labels),
                                              f"{source}: 2-photo templates vs photos")
-    set_thresholds(args.model, thresholds, verifier.flip)
+    from .detect.registry import describe
+
+    set_thresholds(args.model, thresholds, verifier.flip, describe(verifier.detector_name))
     print(json.dumps({k: v for k, v in thresholds.items() if k not in (PAIRS_ROC, ALL_PAIRS_ROC, TEMPLATE_ROC)}, indent=2))
     return EXIT_OK
 

@@ -139,7 +139,7 @@ def test_missing_photo_stops_before_the_switch_unless_dropped(location, previous
                                                                "Amelie Mauresmo": 3, "Alicia Silverstone": 1}
         assert np.array_equal(gallery.store.all_images()[1], old_embeddings)
         assert all(isinstance(a, Identification) for a in gallery.identify([HELD_OUT["Aaron Peirsol"]]))
-        assert gallery.store.staged_model() == (verifier.metadata.weights_sha256, verifier.metadata.embedding_dim)
+        assert gallery.store.staged_model() == (verifier.fingerprint, verifier.metadata.embedding_dim)
     assert main([*cli, "--drop-missing", "--json"]) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)
@@ -183,3 +183,24 @@ def test_interrupted_upgrade_leaves_the_old_gallery_and_resumes(location, previo
     report = upgrade_gallery(location, verifier, progress=False)
     assert report.upgraded and report.reused == 11 and report.embedded == 0
     check_upgraded(location, verifier, {**PEOPLE, **LATE}, new_embeddings)
+
+
+def test_a_gallery_made_with_mtcnn_landmarks_is_upgraded_to_the_models_detector(location, verifier, capsys):
+    """Same weights, another detector: the documented command re-embeds every person with the
+    landmarks the model now names."""
+    assert verifier.detector_name != "mtcnn"  # the bundled model names another detector now
+    with_mtcnn = Verifier(BUNDLED, device="cpu", detector="mtcnn")
+    before = enroll(location, with_mtcnn, PEOPLE)
+    with pytest.raises(ModelMismatchError, match=r"\(mtcnn landmarks\), not .*\(%s landmarks\)" % verifier.detector_name):
+        Gallery(location, verifier)
+    assert main(["gallery", "upgrade", "--gallery", location, "--model", str(BUNDLED), "--device", "cpu",
+                 "--quiet"]) == 0
+    assert f"({verifier.detector_name} landmarks)" in capsys.readouterr().err
+    with Gallery(location, verifier) as gallery:
+        assert gallery.store.meta["weights_sha256"] == verifier.fingerprint
+        assert {n: k for n, k, _ in gallery.identities()} == {n: len(p) for n, p in PEOPLE.items()}
+        after = gallery.store.all_images()[1]
+        assert after.shape == before.shape and not np.allclose(after, before)  # re-aligned, re-embedded
+        assert [a.name for a in gallery.identify(list(HELD_OUT.values()))] == list(HELD_OUT)
+    with pytest.raises(ModelMismatchError):
+        Gallery(location, with_mtcnn)

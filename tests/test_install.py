@@ -1,5 +1,6 @@
 """Installed the way users install it: the wheel, in a fresh venv with neither torch nor Gradio, run
 from a folder outside the checkout, finds its bundled model and verifies real photos."""
+import json
 import subprocess
 import sys
 import zipfile
@@ -25,6 +26,8 @@ def test_wheel_is_lean_and_carries_its_model(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "faceverify/weights/faceverify-default.onnx" in names
     assert {f"faceverify/weights/mtcnn/{n}.onnx" for n in ("pnet", "rnet", "onet")} <= set(names)
+    assert {"faceverify/weights/retinaface/retinaface_mv1_0.25.onnx",
+            "faceverify/weights/yunet/face_detection_yunet_2023mar_int8bq.onnx"} <= set(names)
     assert not any(n.startswith("app/") for n in names)  # the UI installs as faceverify_app
     assert "faceverify_app/main.py" in names
     assert wheel.stat().st_size < 50 << 20
@@ -45,6 +48,9 @@ def test_torch_free_install_verifies_from_outside_the_checkout(wheel, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, env=env)
     assert same.returncode == 0, same.stderr[-2000:]
     assert same.stdout.startswith("same person")
+    named = subprocess.run([cli, "verify", "--json", str(lfw("Abdullah_Gul", 1)), str(lfw("Abdullah_Gul", 3))],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert json.loads(named.stdout)["detector"] == "retinaface"  # the model's own detector, installed with it
     different = subprocess.run([cli, "verify", str(lfw("Abdullah_Gul", 1)), str(lfw("Aaron_Peirsol", 1))],
                                capture_output=True, text=True, cwd=tmp_path, env=env)
     assert different.returncode == 0 and different.stdout.startswith("different people")

@@ -1,8 +1,9 @@
 """Detector interface and the face-selection policy shared by every detector backend."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -135,3 +136,21 @@ def pad_for_detection(image: np.ndarray, pad: float = RETRY_PAD):
 def shift_face(face: Face, offset: np.ndarray) -> Face:
     """The same face with its coordinates translated by `offset` (x, y)."""
     return Face(face.box + np.tile(offset, 2), face.score, face.landmarks + offset, face.whole_image)
+
+
+class Shards:
+    """A call's images split into `workers` shards detected concurrently: onnxruntime and numpy
+    release the GIL, so one shard's Python runs while another's networks do (1.5× the images/s of
+    one shard on 2 cores for the ONNX MTCNN, bench/bench_pipeline.py). One worker: no threads."""
+
+    def __init__(self, workers: int, name: str):
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name) if workers > 1 else None
+
+    def map(self, detect_batch: Callable[[Sequence[np.ndarray]], list], images: Sequence[np.ndarray]) -> list:
+        """`detect_batch` over the images, in shards, results in the images' order."""
+        if self._pool is None or len(images) < 2:
+            return detect_batch(images)
+        size = -(-len(images) // self.workers)
+        shards = [images[start:start + size] for start in range(0, len(images), size)]
+        return [faces for shard in self._pool.map(detect_batch, shards) for faces in shard]

@@ -6,14 +6,13 @@ NMS variants), so boxes and landmarks agree with the torch detector to within a 
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..bundled import weights_dir
-from .base import (DETECTION_MAX_SIDE, Face, checked_max_side, faces_from_arrays, min_face_size,
+from .base import (DETECTION_MAX_SIDE, Face, Shards, checked_max_side, faces_from_arrays, min_face_size,
                    shrink_for_detection)
 
 MIN_FACE_SCORE = 0.9
@@ -23,10 +22,8 @@ _NORM_SHIFT, _NORM_SCALE = 127.5, 0.0078125
 class OnnxMTCNN:
     """Torch-free MTCNN with the same interface and defaults as `TorchMTCNN`.
 
-    `workers`: a call's images are split into this many shards detected concurrently (onnxruntime
-    and numpy release the GIL, so one shard's Python runs while the other's networks do: 1.5× the
-    images/s of one shard on 2 cores, bench/bench_pipeline.py). Default: 2 on the CPU, 1 on a GPU,
-    where one large batch is best. `threads`: onnxruntime threads per network (0: one per core; a
+    `workers`: a call's images are split into this many shards detected concurrently (`Shards`).
+    Default: 2 on the CPU, 1 on a GPU, where one large batch is best. `threads`: onnxruntime threads per network (0: one per core; a
     cluster worker that owns one core sets 1)."""
 
     name = "mtcnn"
@@ -45,16 +42,11 @@ class OnnxMTCNN:
         self.min_score, self.thresholds, self.factor = min_score, thresholds, factor
         if workers is None:
             workers = 2 if self.pnet.get_providers()[0] == "CPUExecutionProvider" else 1
-        self._shards = ThreadPoolExecutor(workers, thread_name_prefix="mtcnn") if workers > 1 else None
-        self.workers = workers
+        self.workers, self._shards = workers, Shards(workers, "mtcnn")
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces of every image (see `detect_batch`), the call's images split over the workers."""
-        if self._shards is None or len(images) < 2:
-            return self.detect_batch(images)
-        size = -(-len(images) // self.workers)
-        shards = [images[start:start + size] for start in range(0, len(images), size)]
-        return [faces for shard in self._shards.map(self.detect_batch, shards) for faces in shard]
+        return self._shards.map(self.detect_batch, images)
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces of every image, all images through each stage together: P-net over each pyramid

@@ -9,14 +9,13 @@ was given, most confident first); everything else is here.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..bundled import weights_dir
-from .base import DETECTION_MAX_SIDE, Face, checked_max_side, min_face_size
+from .base import DETECTION_MAX_SIDE, Face, Shards, checked_max_side, min_face_size
 
 #: nothing smaller than this many pixels (box short side) is looked for in the copy a detector
 #: runs on: the smallest anchors of RetinaFace (16 px) and YuNet (stride 8) sit there; a larger
@@ -59,8 +58,7 @@ class SinglePassDetector:
         self.min_score = self.default_min_score if min_score is None else float(min_score)
         if workers is None:
             workers = 2 if self.providers[0] == "CPUExecutionProvider" else 1
-        self.workers = workers
-        self._shards = ThreadPoolExecutor(workers, thread_name_prefix=self.name) if workers > 1 else None
+        self.workers, self._shards = workers, Shards(workers, self.name)
         self._onet = None
 
     @property
@@ -72,11 +70,7 @@ class SinglePassDetector:
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces of every image, most confident first; the call's images split over the workers."""
-        if self._shards is None or len(images) < 2:
-            return self.detect_batch(images)
-        size = -(-len(images) // self.workers)
-        shards = [images[start:start + size] for start in range(0, len(images), size)]
-        return [faces for shard in self._shards.map(self.detect_batch, shards) for faces in shard]
+        return self._shards.map(self.detect_batch, images)
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces of every image, equal-size (after scaling) images through the network together."""

@@ -140,10 +140,8 @@ def repair(model):
     """A copy of the YuNet graph that onnxruntime runs at any batch and size (module docstring).
     Takes and returns an `onnx.ModelProto`; idempotent."""
     import onnx
-    from onnx import helper
 
-    from ..models.onnx_graph import (attr, copy_batch_in_reshapes, remove_unused_initializers,
-                                     set_metadata, set_symbolic_dims)
+    from ..onnx_graph import attr, copy_batch_in_reshapes, finalise, remove_unused_initializers, set_symbolic_dims
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -161,15 +159,11 @@ def repair(model):
     copy_batch_in_reshapes(graph)
     del graph.value_info[:]
     remove_unused_initializers(graph)
-    model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import))
-    set_metadata(model, {"source": f"OpenCV Zoo {YUNET_FILE} (sha256 {YUNET_SHA256}), repaired "
+    return finalise(model, {"source": f"OpenCV Zoo {YUNET_FILE} (sha256 {YUNET_SHA256}), repaired "
                                    "by faceverify.detect.yunet.repair",
                          "licence": YUNET_LICENCE,
                          "input": "input: (N, 3, H, W) float32 BGR 0..255, H and W multiples of 32",
                          "output": "cls/obj/bbox/kps at strides 8, 16, 32: (N, cells, 1/1/4/10)"})
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def bundled_bytes(wheel: str | Path) -> bytes:

@@ -96,11 +96,14 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Embedder | E
     return model.to(device).eval(), metadata
 
 
-def set_thresholds(path: str | Path, thresholds: dict, flip: bool | None = None) -> ModelMetadata:
-    """Store calibrated decision thresholds in a checkpoint's metadata (rewritten atomically), and
-    whether they were calibrated on flip-averaged embeddings (None: as the model says now)."""
+def set_thresholds(path: str | Path, thresholds: dict, flip: bool | None = None,
+                   detector: dict | None = None) -> ModelMetadata:
+    """Store calibrated decision thresholds in a checkpoint's metadata (rewritten atomically),
+    whether they were calibrated on flip-averaged embeddings and with which detector's landmarks
+    (`detect.registry.describe`; None for either: as the model says now)."""
     return update_metadata(path, lambda metadata: metadata.replace(
-        thresholds=thresholds, flip=metadata.flip if flip is None else flip))
+        thresholds=thresholds, flip=metadata.flip if flip is None else flip,
+        detector=metadata.detector if detector is None else detector))
 
 
 def update_metadata(path: str | Path, change) -> ModelMetadata:

@@ -40,11 +40,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ..errors import ModelError
-from .onnx_graph import (attr, copy_batch_in_reshapes, remove_unused_initializers, set_metadata,
-                         set_symbolic_dims)
+from ..onnx_graph import attr, copy_batch_in_reshapes, finalise, remove_unused_initializers, set_symbolic_dims
 
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
@@ -117,14 +116,10 @@ def repair(model: onnx.ModelProto) -> onnx.ModelProto:
     copy_batch_in_reshapes(graph)  # none in this file (its Reshapes only reshape weights): a guard
     # the shipped value_info carries batch-1 shapes; let shape inference recompute them
     del graph.value_info[:]
-    model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import))
-    set_metadata(model, {"source": f"OpenCV Zoo {SFACE_FILE} (sha256 {SFACE_SHA256})",
+    return finalise(model, {"source": f"OpenCV Zoo {SFACE_FILE} (sha256 {SFACE_SHA256})",
                          "licence": SFACE_LICENCE,
                          "input": "faces: (N, 3, 112, 112) float32 RGB 0..255, ArcFace-112 aligned",
                          "output": "embeddings: (N, 128) float32, not L2-normalised"})
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def dequantize_linear(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,

@@ -1,4 +1,4 @@
-"""Graph edits shared by the repairs of third-party ONNX files (SFace in `sface.py`, YuNet in
+"""Graph edits shared by the repairs of third-party ONNX files (SFace in `models/sface.py`, YuNet in
 `faceverify/detect/yunet.py`): they change how a graph is declared (shapes, unused tensors,
 metadata), never a weight."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import ModelError
+from .errors import ModelError
 
 
 def set_symbolic_dims(value: onnx.ValueInfoProto, names: dict[int, str]) -> None:
@@ -69,3 +69,13 @@ def attr(node: onnx.NodeProto, name: str, default):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def finalise(model: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
+    """The last steps of every repair: the IR version its opsets need, where the file came from in
+    its metadata, shapes inferred afresh (strictly) and the whole model checked."""
+    model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import))
+    set_metadata(model, metadata)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model
