@@ -4,8 +4,9 @@ and `--assume-cropped` turn into correct decisions.
 From LFW `dev_eval` people with two or more photos: photo 1 is cut around its face (from its own
 MTCNN landmarks) at two tightnesses, "brows to chin" and "tighter"; each crop is verified against
 photo 2 of the same person (genuine) and against photo 2 of the next person (impostor), at the
-model's best-accuracy threshold. Three detectors side by side: MTCNN with the padded retry only
-(as before), MTCNN + the whole-image fallback (the default now), and `--assume-cropped`.
+model's best-accuracy threshold. Side by side: MTCNN with the padded retry only (as before the
+whole-image fallback), MTCNN + the whole-image fallback, the model's own detector (with the same
+fallbacks) and `--assume-cropped`. The crops are cut from MTCNN's landmarks for every row.
 
     python bench/bench_crops.py [--people 80]
 """
@@ -56,26 +57,32 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "weights" / "faceverify-default.onnx"))
     args = parser.parse_args()
     mtcnn = OnnxMTCNN()
-    verifiers = {"padded retry only (before)": Verifier(args.model, detector=PaddedRetryOnly(mtcnn)),
-                 "+ whole-image fallback (default)": Verifier(args.model, detector=mtcnn)}
+    model = Verifier(args.model)
+    verifiers = {"MTCNN, padded retry only": Verifier(args.model, detector=PaddedRetryOnly(mtcnn)),
+                 "MTCNN + whole-image fallback": Verifier(args.model, detector=mtcnn),
+                 f"{model.detector_name} + whole-image fallback (the model's)": model}
     cropped = Verifier(args.model, detector=AssumeCropped(mtcnn))
     threshold = cropped.threshold()
     chosen = people(args.people)
-    references = [verifiers["padded retry only (before)"].analyze([b])[0] for _, b in chosen]
+    rows_of = {**verifiers, "--assume-cropped": cropped}
+    # photo 2 through each row's own detector (--assume-cropped: MTCNN's, as photo 2 is no crop)
+    references = {name: v.analyze([b for _, b in chosen]) for name, v in verifiers.items()}
+    references["--assume-cropped"] = references["MTCNN + whole-image fallback"]
     rows = []
     for cut, margins in CUTS.items():
         crops = []
-        for (a, _), reference in zip(chosen, references):
+        for a, _ in chosen:
             (face,) = mtcnn.detect([load_rgb(a)])[:1] or [[]]
             crops.append(tight_crop(load_rgb(a), face[0].landmarks, *margins) if face else None)
-        for name, verifier in [*verifiers.items(), ("--assume-cropped", cropped)]:
-            found = verifier.analyze([c for c in crops if c is not None])
+        cut_people = [i for i, c in enumerate(crops) if c is not None]  # photo 1 had a face to cut
+        for name, verifier in rows_of.items():
+            found = verifier.analyze([crops[i] for i in cut_people])
             refused = sum(isinstance(f, FaceVerifyError) for f in found)
             whole = sum(not isinstance(f, FaceVerifyError) and f.face.whole_image for f in found)
             correct = wrong = 0
-            usable = [(i, f) for i, f in enumerate(found) if not isinstance(f, FaceVerifyError)]
+            usable = [(i, f) for i, f in zip(cut_people, found) if not isinstance(f, FaceVerifyError)]
             for i, face in usable:
-                genuine, impostor = references[i], references[(i + 1) % len(references)]
+                genuine, impostor = references[name][i], references[name][(i + 1) % len(chosen)]
                 for other, same in ((genuine, True), (impostor, False)):
                     if isinstance(other, FaceVerifyError):
                         continue

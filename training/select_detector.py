@@ -3,7 +3,8 @@ development sets the project has: `python training/select_detector.py --work DIR
 
 Sets (all from ../shared/data; none holds a held-back identity):
 - **dev pairs**: the 1,200 LFW dev pairs (folds 7-8), 2-fold accuracy;
-- **all dev_eval pairs**: every pair of the 2,585 LFW `dev_eval` photos, TAR at FAR 1e-4;
+- **all dev_eval pairs**: every pair of the 2,585 LFW `dev_eval` photos (a photo without a face
+  counts as rejected), TAR at FAR 1e-4;
 - **turned heads**: photos of the LFW train split and CelebA whose head is turned ≥ `--yaw`
   degrees (the pose estimate of `quality.head_pose`, from RetinaFace's landmarks, the detector the
   issue found best on profiles; MTCNN's understate the turn), each paired with a frontal photo
@@ -13,7 +14,7 @@ Sets (all from ../shared/data; none holds a held-back identity):
 - **tight crops**: `bench/bench_crops.py`'s crops of 80 `dev_eval` people (photo 1 cut brows to
   chin and tighter) against photo 2 of the same and of the next person, at the model's threshold;
 - **low resolution**: the dev pairs with every photo shrunk to 64×64 (faces ~28 px), 2-fold;
-- **ORL** and **Yale B**: every pair, TAR at FAR 1e-3 (pose / extreme light; Yale B: every
+- **ORL** and **Yale B**: every pair (a photo without a face counts as rejected), TAR at FAR 1e-3 (pose / extreme light; Yale B: every
   `--yaleb-every`-th photo, 4 by default, 604 photos: the 2,414 would triple the run).
 
 Every photo is detected and embedded once per single detector (cached in WORK); combinations are
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_crops import CUTS, people, tight_crop  # noqa: E402
 
 from faceverify.data import load_samples, read_pairs  # noqa: E402
+from faceverify.detect import select_face  # noqa: E402
 from faceverify.detect.registry import create_detector  # noqa: E402
 from faceverify.errors import FaceVerifyError  # noqa: E402
 from faceverify.images import load_rgb  # noqa: E402
@@ -103,7 +105,9 @@ def pair_accuracy(results: Results, left, right, same, folds) -> dict:
 
 
 def all_pairs(results: Results, labels: np.ndarray, far: str) -> dict:
-    report = all_pairs_report(*all_pairs_scores(results.embeddings[results.ok], labels[results.ok]))
+    """TAR at `far` over every pair, a photo without a face scoring 0 with every other (its genuine
+    pairs rejected): detectors that give up on the hardest photos are not flattered."""
+    report = all_pairs_report(*all_pairs_scores(results.embeddings, labels))
     hit = report["tar_at_far"].get(far)
     return {"tar": hit["tar"] if hit else float("nan"), "failures": int((~results.ok).sum())}
 
@@ -190,7 +194,7 @@ def main(argv=None) -> int:
         table[spec]["crops"] = {"correct": correct, "wrong": wrong}
 
     speeds = detection_speed(verifiers)
-    text = render(table, speeds, args.yaw, len(turned_pairs))
+    text = render(table, speeds, args.yaw, len(turned_pairs)) + "\n" + pose_spread(verifiers, photos)
     print(text)
     if args.out:
         args.out.write_text(text)
@@ -259,6 +263,24 @@ def detection_speed(verifiers: dict, photos: int = 300) -> dict:
             verifier.detector.detect(images[i:i + 32])
         speeds[name] = len(images) / (time.perf_counter() - start)
     return speeds
+
+
+def pose_spread(verifiers: dict, photos: list[Path]) -> str:
+    """How noisy each detector's landmarks make the pose estimate (`quality.head_pose`) on the
+    LFW dev-pair photos, mostly frontal press photos: the spread of pitch and yaw, and the share
+    of faces the quality hints call tilted or turned (> 35°) though few are."""
+    images = [load_rgb(p) for p in photos]
+    lines = ["| landmarks from | pitch: std / 5-95 % range | yaw: std | pitch > 35° | yaw > 35° |",
+             "|---|---|---|---|---|"]
+    for name, verifier in verifiers.items():
+        poses = [head_pose(select_face(faces, image.shape, "central").landmarks)[0]
+                 for i in range(0, len(images), 32)
+                 for image, faces in zip(images[i:i + 32], verifier.detector.detect(images[i:i + 32])) if faces]
+        pitch, yaw = np.array([p.pitch for p in poses]), np.array([p.yaw for p in poses])
+        low, high = np.percentile(pitch, [5, 95])
+        lines.append(f"| {name} | {pitch.std():.1f}° / {low:.0f}° to {high:.0f}° | {yaw.std():.1f}° | "
+                     f"{100 * np.mean(np.abs(pitch) > 35):.1f} % | {100 * np.mean(np.abs(yaw) > 35):.1f} % |")
+    return "\n".join(lines) + "\n"
 
 
 def render(table: dict, speeds: dict, yaw: float, turned_pairs: int) -> str:

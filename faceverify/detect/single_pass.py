@@ -32,7 +32,8 @@ class SinglePassDetector:
     """Base of the one-network ONNX detectors (see the module docstring).
 
     `min_face_size`: faces with a box short side below this many pixels (of the original photo)
-    are dropped; `min_face_fraction`: likewise as a fraction of the photo's short side;
+    are dropped (10: these networks' boxes are tight, brows to chin, so a face MTCNN boxes at 20
+    pixels measures about 14 here); `min_face_fraction`: likewise as a fraction of the photo's short side;
     `max_side`: photos are detected on a copy at most this many pixels a side; `min_score`: the
     detector's own confidence a face needs; `workers`: a call's images are split into this many
     shards run concurrently (default 2 on the CPU, 1 on a GPU); `threads`: onnxruntime threads
@@ -42,9 +43,12 @@ class SinglePassDetector:
     name: str = ""
     weights_file: str = ""
     default_min_score: float = 0.5
+    #: photos whose short side is below this are enlarged to it (bilinear) before detection: a
+    #: network trained on large scenes misplaces the landmarks of a face that fills a tiny photo
+    min_input_side: int = 0
 
     def __init__(self, path: str | Path | None = None, providers: list[str] | None = None,
-                 min_face_size: int = 20, min_face_fraction: float = 0.0,
+                 min_face_size: int = 10, min_face_fraction: float = 0.0,
                  max_side: int = DETECTION_MAX_SIDE, min_score: float | None = None,
                  workers: int | None = None, threads: int = 0):
         from ..runtime import create_session
@@ -97,17 +101,20 @@ class SinglePassDetector:
 
     def _scaled(self, image: np.ndarray):
         """(the copy to detect on, factor from its pixels to the photo's): at most `max_side` a
-        side, and no larger than needed for the smallest wanted face to be `SMALLEST_FACE_PX`."""
+        side, no larger than needed for the smallest wanted face to be `SMALLEST_FACE_PX`, and a
+        photo whose short side is below `min_input_side` enlarged to it."""
         import cv2
 
         image = image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
         smallest = min_face_size(image.shape, self.min_face_size, self.min_face_fraction)
         scale = min(1.0, self.max_side / max(image.shape[:2]), SMALLEST_FACE_PX / max(smallest, 1))
-        if scale >= 1.0:
+        if scale >= 1.0 and min(image.shape[:2]) < self.min_input_side:
+            scale = min(self.min_input_side / min(image.shape[:2]), self.max_side / max(image.shape[:2]))
+        if scale == 1.0:
             return image, 1.0
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return small, image.shape[1] / small.shape[1]
+        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        return resized, image.shape[1] / resized.shape[1]
 
     def _faces(self, boxes, scores, landmarks, factor: float, shape) -> list[Face]:
         """`Face`s in the photo's pixels, above `min_score` and the smallest face size."""
