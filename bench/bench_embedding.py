@@ -125,7 +125,8 @@ def main() -> None:
                                 for p in (pair.left, pair.right)))
     faces = [f for f in Verifier(BUNDLED, face_policy="largest").analyze(photos[:args.faces])
              if isinstance(f, AlignedFace)]
-    feeds = {name: np.stack(c) for name, c in zip(("faces_arcface_112", "faces_dlib_150"), zip(*(f.crops for f in faces)))}
+    inputs = [m[0] for m in MEMBERS.values()]
+    feeds = {name: np.stack(c) for name, c in zip(inputs, zip(*(f.crops for f in faces)))}
     n = len(faces)
 
     fm = fast_members()

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+
+from faceverify.onnx_graph import prelu_as_relu
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "weights" / "faceverify-default.onnx"
@@ -54,29 +55,6 @@ def float_graph(src: Path = BUNDLED) -> onnx.ModelProto:
         options.optimized_model_filepath = str(Path(tmp) / "float.onnx")
         ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
         return onnx.load(options.optimized_model_filepath)
-
-
-def prelu_as_relu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every PRelu with a constant slope a as (1 - a) * Relu(x) + a * x (see the module docstring)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    slopes = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    nodes = []
-    for node in graph.node:
-        if node.op_type != "PRelu" or node.input[1] not in slopes:
-            nodes.append(node)
-            continue
-        (x, slope), (y,), name = node.input, node.output, node.name or node.output[0]
-        a = slopes[slope].astype(np.float32)
-        graph.initializer.append(numpy_helper.from_array(1 - a, f"{name}/one_minus_slope"))
-        nodes += [helper.make_node("Relu", [x], [f"{name}/relu"], name=f"{name}/relu"),
-                  helper.make_node("Mul", [x, slope], [f"{name}/ax"], name=f"{name}/ax"),
-                  helper.make_node("Mul", [f"{name}/relu", f"{name}/one_minus_slope"], [f"{name}/bx"],
-                                   name=f"{name}/bx"),
-                  helper.make_node("Add", [f"{name}/bx", f"{name}/ax"], [y], name=f"{name}/sum")]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model
 
 
 def train_crops(count: int = 512, seed: int = 0) -> tuple[np.ndarray, ...]:

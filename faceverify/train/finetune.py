@@ -56,7 +56,7 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
              cfg: FinetuneConfig | None = None, progress: bool = True) -> dict:
     """Fine-tune `base` (a .pt checkpoint) on `dataset`; writes `out` (.pt), its .onnx export and
     `work`/report.json + report.png; returns the report."""
-    from ..detect import OnnxMTCNN
+    from ..detect.registry import create_detector
     from ..export import export_embedder
     from ..prepare import prepare_dataset
     from .config import load_config
@@ -77,7 +77,7 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
     if not init.is_file():
         save_checkpoint(init, student, training={"from": str(base)})
     template = student_meta.templates[0]
-    detector = OnnxMTCNN()
+    detector = create_detector(base_meta.detector_name)  # the landmarks the model will be used with
     prepared = work / "prepared"
     train_manifest = write_manifest(split["train"], work / "train.csv")
     prepare_dataset(train_manifest, prepared, detector, template=template, progress=progress)
@@ -117,7 +117,7 @@ def finetune(dataset: str | Path, out: str | Path, base: str | Path, work: str |
     set_thresholds(out, {**balanced_thresholds(genuine, impostor, cfg.seed, "validation identities"),
                          ALL_PAIRS_ROC: roc_entry(genuine, impostor, f"finetune validation "
                                                                      f"({report['val_identities']} identities)")},
-                   base_meta.flip)
+                   base_meta.flip, base_meta.detector)
     export_embedder(out, out.with_suffix(".onnx"))
     (work / "report.json").write_text(json.dumps(report, indent=2))
     return report
