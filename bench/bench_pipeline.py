@@ -155,7 +155,7 @@ def main() -> None:
     }
     rows, speeds = [], {}
     for name, verifier in paths.items():
-        embed_folder(verifier, photos[:8])  # warm-up
+        embed_folder(verifier, photos[:64])  # warm-up: every session through a full batch
         embedded = 0
 
         def run(verifier=verifier):

@@ -104,8 +104,8 @@ def test_quality_model_learns_what_predicts_success_and_round_trips():
 
 @pytest.mark.data_free
 def test_problems_name_what_is_wrong():
-    small = FaceQuality(5.0, 40.0, 2.0, 18.0, 8.0, 0.1, 0.2, 0.97)
-    assert problems(small) == ["face tilted ~40° down", "face 18 px between the eyes",
+    small = FaceQuality(5.0, 45.0, 2.0, 18.0, 8.0, 0.1, 0.2, 0.97)
+    assert problems(small) == ["face tilted ~45° down", "face 18 px between the eyes",
                                "blurred (sharpness 8)", "too dark"]
 
 
@@ -189,18 +189,22 @@ def _tight(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 def test_a_tight_crop_is_taken_whole_and_verified(onnx_verifier, detector):
     """MTCNN's proposals miss (or misplace) a face cut brows to chin; the whole-image fallback and
-    --assume-cropped find its landmarks with O-Net, and the decision is right."""
+    --assume-cropped find its landmarks with O-Net, and the decision is right. The model's own
+    detector (RetinaFace) finds such a crop by itself."""
     from faceverify import Verifier
     from faceverify.images import load_rgb
 
     image = load_rgb(FRONTAL)
     crop = _tight(image, _face(detector, image).landmarks)
-    found = onnx_verifier.analyze([crop])[0]
+    with_mtcnn = Verifier(embedder=onnx_verifier.embedder, detector="mtcnn")
+    found = with_mtcnn.analyze([crop])[0]
     assert found.face.whole_image and found.face.to_dict()["whole_image"] is True
     assert found.quality.whole_image and found.face.score > 0.7
     other = lfw("Aaron_Peirsol", 2)
-    assert onnx_verifier.verify(crop, other).same
-    assert not onnx_verifier.verify(crop, lfw("Michael_Kostelnik", 1)).same
+    for verifier in (with_mtcnn, onnx_verifier):
+        assert verifier.verify(crop, other).same
+        assert not verifier.verify(crop, lfw("Michael_Kostelnik", 1)).same
+    assert not onnx_verifier.analyze([crop])[0].face.whole_image
     cropped = Verifier(BUNDLED_ONNX, assume_cropped=True)
     face = cropped.analyze([crop])[0]
     assert face.face.whole_image and cropped.verify(crop, crop).same
