@@ -1,23 +1,25 @@
-"""Where the embedding time goes and what the fast model file buys, side by side in one run: each
-member alone (SFace on 112x112 crops, dlib's ResNet on 150x150) at batch 1 / 16 / 64 on 1 and 2
-threads, bundled vs fast; the whole ensemble for every step of training/fast_members.py (float
-weights folded, PRelu rewritten, dlib in int8) and for onnxruntime thread layouts; each with its
-parity to the bundled model (cosine per face, median and 1st percentile, whole and per member)
-and, with --pairs-cache, LFW dev-pairs accuracy. Crops: real LFW dev-pair photos aligned by the
-bundled model's pipeline.
+"""Where the embedding time goes and what each lever buys, side by side in one run: each member
+alone (SFace on 112x112 crops, dlib's ResNet on 150x150) at batch 1 / 16 / 64 on 1 and 2 threads,
+in the export before the PRelu rewrite (commit f6b34db's file, read with `git show`) vs the fast
+file; the whole ensemble before the rewrite, bundled (PRelu as Relu + per-channel Muls,
+`onnx_graph.prelu_as_relu`) and with dlib's member in int8 (training/fast_members.py, not shipped),
+and onnxruntime thread layouts; each with its parity to the export before the rewrite (cosine per
+face, median and 1st percentile, whole and per member) and, with --pairs-cache, LFW dev-pairs
+accuracy. Crops: real LFW dev-pair photos aligned by the bundled model's pipeline.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_embedding.py \
         [--fast /root/faceverify-data/fast/faceverify-default-fast.onnx] [--faces 320] \
         [--pairs-cache dev_pairs.npz]   # `faceverify evaluate --cache` of pairs_dev.txt
 
 Timings interleave the candidates round by round and report medians: other processes sharing the
-two cores move absolute numbers, much less the ratios.
+two cores move absolute numbers, much less the ratios. Not in `make bench`: it needs the fast file
+that training/fast_members.py builds (and the git history for the file before the rewrite).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -40,12 +42,15 @@ MEMBERS = {"SFace (112x112)": ("faces_arcface_112", "m0/embeddings", slice(0, 12
            "dlib ResNet (150x150)": ("faces_dlib_150", "m1/embedding", slice(128, 256))}
 
 
-def fast_members():
-    """training/fast_members.py as a module (training/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("fast_members", ROOT / "training" / "fast_members.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+#: the last commit whose bundled export kept SFace's PRelus
+BEFORE_REWRITE = "f6b34db"
+
+
+def file_at(commit: str, path: str, out: Path) -> Path:
+    """`path` as it was at `commit`, written to `out`."""
+    out.write_bytes(subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], check=True,
+                                   capture_output=True).stdout)
+    return out
 
 
 def session(model: Path, threads: int = 2, parallel: bool = False):
@@ -129,22 +134,18 @@ def main() -> None:
     feeds = {name: np.stack(c) for name, c in zip(inputs, zip(*(f.crops for f in faces)))}
     n = len(faces)
 
-    fm = fast_members()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        float_model = fm.float_graph(BUNDLED)
-        steps = {"bundled (int8 SFace weights folded at load)": BUNDLED,
-                 "float weights folded offline": tmp / "float.onnx",
-                 "+ PRelu as (1-a)·Relu(x) + a·x": tmp / "prelu.onnx",
-                 f"+ dlib in int8 ({args.fast.name})": args.fast}
-        onnx.save(float_model, str(steps["float weights folded offline"]))
-        onnx.save(fm.prelu_as_relu(float_model), str(steps["+ PRelu as (1-a)·Relu(x) + a·x"]))
+        before = file_at(BEFORE_REWRITE, "weights/faceverify-default.onnx", tmp / "before.onnx")
+        steps = {f"export before the PRelu rewrite ({BEFORE_REWRITE})": before,
+                 "bundled: PRelu as (1-a)·Relu(x) + a·x": BUNDLED,
+                 f"+ dlib in int8 ({args.fast.name}, not shipped)": args.fast}
 
-        # members alone: bundled vs fast
-        fast_model = onnx.load(str(args.fast))
+        # members alone: before the rewrite vs fast
+        before_model, fast_model = onnx.load(str(before)), onnx.load(str(args.fast))
         candidates = {}
         for member, (inputs, _, _) in MEMBERS.items():
-            for label, model in (("bundled", float_model), ("fast", fast_model)):
+            for label, model in (("before", before_model), ("fast", fast_model)):
                 path = member_file(model, member, tmp / f"{label}-{inputs}.onnx")
                 for threads in (1, 2):
                     sess = session(path, threads)
@@ -157,12 +158,11 @@ def main() -> None:
                 continue
             fast = speed[(member, "fast", threads, batch)]
             rows.append([member, threads, batch, value, fast, f"{fast / value:.2f}×"])
-        table("each member alone, 128 faces, faces/s (bundled member vs fast member)",
-              ["member", "threads", "batch", "bundled", "fast", "fast vs bundled"], rows)
+        table("each member alone, 128 faces, faces/s (before the rewrite vs the fast file)",
+              ["member", "threads", "batch", "before", "fast", "fast vs before"], rows)
 
         # whole ensemble: each step, and thread layouts of the fast file
         candidates = {name: (session(path), feeds, 32) for name, path in steps.items()}
-        fast_name = list(steps)[-1]
         layouts = {"fast, batch 16": (session(args.fast), feeds, 16),
                    "fast, batch 64": (session(args.fast), feeds, 64),
                    "fast, 1 thread": (session(args.fast, 1), feeds, 32),
@@ -176,8 +176,8 @@ def main() -> None:
             rows.append([name, speed[name], f"{speed[name] / base:.2f}×",
                          *parity(run_all(sess, feeds, batch)[0], reference),
                          dev_accuracy(model, args.pairs_cache) if name in steps else "same file"])
-        table(f"whole ensemble, {n} LFW dev-pair faces (batch 32, 2 threads unless said), parity vs bundled",
-              ["model / layout", "faces/s", "vs bundled", "cosine median / p1", "SFace part", "dlib part",
+        table(f"whole ensemble, {n} LFW dev-pair faces (batch 32, 2 threads unless said), parity vs before",
+              ["model / layout", "faces/s", "vs before", "cosine median / p1", "SFace part", "dlib part",
                "dev pairs accuracy"], rows)
 
 

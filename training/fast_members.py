@@ -1,20 +1,17 @@
-"""A faster copy of the bundled ensemble for CPUs: the same graph inputs, outputs and metadata as
-weights/faceverify-default.onnx, embeddings within parity of it (bench/bench_embedding.py).
+"""The bundled ensemble with dlib's member in int8, a lever measured and not shipped: the same
+graph inputs, outputs and metadata as weights/faceverify-default.onnx, embeddings at cosine 0.9998
+of it, ~16 % faster on this CPU (bench/bench_embedding.py).
 
     OMP_WAIT_POLICY=PASSIVE python training/fast_members.py \
         --out /root/faceverify-data/fast/faceverify-default-fast.onnx [--no-int8-dlib]
 
-What it changes, and why (profiles on onnxruntime 1.32, 2-core AVX-512 CPU):
+What it changes (profiles on onnxruntime 1.32, 2-core AVX-512 CPU):
 
 * weights as plain float32: SFace's int8 block-quantised weights expanded, dlib's fp16 casts and
   the batch-norms folded into the convolutions (onnxruntime's basic, provider-independent
-  optimisation, saved): what every session build did anyway (`fold_dequantize`).
-* PRelu: 40 % of SFace's time. onnxruntime runs a per-channel PRelu through its generic
-  broadcasting path (~4x a Relu on the same tensor), and as no NCHWc kernel it forces a reorder
-  of every activation out of and back into the blocked layout the convolutions use (another
-  16 %). Written as (1 - a) * Relu(x) + a * x, every step stays in NCHWc (Relu, per-channel Muls
-  become 1x1 depthwise convolutions, the Add is fused into the last one): SFace ~1.8x faster,
-  outputs within 3e-6 of the PRelu's (float rounding; exact algebra for any slope).
+  optimisation, saved): what every session build does anyway (`fold_dequantize`).
+* PRelu as (1 - a) * Relu(x) + a * x (`faceverify.onnx_graph.prelu_as_relu`): every export does
+  this now, so on the bundled file it changes nothing.
 * dlib's ResNet member in int8 (default; `--no-int8-dlib` keeps it float): onnxruntime static
   quantisation, QOperator format, per-channel int8 weights, uint8 activations with MinMax ranges
   calibrated on aligned crops of LFW split=train photos. QOperator, not QDQ, because
