@@ -26,11 +26,12 @@ def _positive_int(text: str) -> int:
 
 
 def _detector_name(text: str) -> str:
-    parts = [part.strip().lower() for part in text.split(">")]
-    if not 1 <= len(parts) <= 2 or any(part not in DETECTOR_NAMES for part in parts):
-        raise argparse.ArgumentTypeError(f"choose one of {', '.join(DETECTOR_NAMES)}, or two joined by '>' "
-                                         f"(the second where the first finds no face), not {text!r}")
-    return ">".join(parts)
+    from .detect.registry import FALLBACK, parse
+
+    try:
+        return FALLBACK.join(parse(text))
+    except FaceVerifyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _detector_arg(parser: argparse.ArgumentParser, default_help: str) -> None:

@@ -31,7 +31,7 @@ from . import records
 from .data import image_paths, load_samples
 from .detect import DETECTION_MAX_SIDE
 from .errors import FaceVerifyError, ModelError, ModelMismatchError, error_from_name
-from .metadata import fingerprint
+from .metadata import describe_fingerprint, fingerprint
 from .policies import LEGACY_DETECTOR
 
 #: photos per Ray batch (the detector's batch on one machine)
@@ -69,7 +69,7 @@ class PipelineSpec:
             model_sha256, detector = model_sha256 or metadata.weights_sha256, detector or metadata.detector_name
         return cls(str(path.absolute()) if model is not None else None, model_sha256, detector, **options)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """What the parts' rows record (`metadata.fingerprint`): the model's weights and the detector."""
         from .detect.registry import weights_sha256
@@ -234,8 +234,8 @@ def embed_on_ray(images: Sequence[str | Path], out: str | Path, spec: PipelineSp
     written = records.read_results(out, ["path", "model_sha256"])
     foreign = set(written["model_sha256"].to_pylist()) - {spec.fingerprint}
     if foreign:
-        raise ModelMismatchError(f"{out} holds rows of model {sorted(foreign)[0][:12]}, not "
-                                 f"{spec.model_sha256[:12]}: write to another folder")
+        raise ModelMismatchError(f"{out} holds rows of model {describe_fingerprint(sorted(foreign)[0])}, not "
+                                 f"{describe_fingerprint(spec.fingerprint)}: write to another folder")
     done = set(written["path"].to_pylist())
     todo = [{"path": p} for p in paths if p not in done]
     if todo:

@@ -124,6 +124,10 @@ class Verifier:
                                        device=device, providers=_onnx_providers(embedder),
                                        min_face_fraction=min_face_fraction, max_side=max_detection_side)
         self.detector = AssumeCropped(detector) if assume_cropped else detector
+        if self.detector_name != self.metadata.detector_name:
+            log.warning("faceverify: %s was calibrated on %s landmarks, faces here come from %s: its "
+                        "thresholds and quality scores are not calibrated for them (faceverify calibrate "
+                        "--detector)", self.metadata.arch, self.metadata.detector_name, self.detector_name)
         self.face_policy = face_policy
         self.flip = self.metadata.flip if flip is None else flip
         #: the alignments the model takes, in its input order (`ModelMetadata.templates`)
@@ -153,12 +157,10 @@ class Verifier:
         """What galleries, embedding files and cluster parts record of this pipeline: the model's
         weights and the detector whose landmarks align the faces (`metadata.fingerprint`)."""
         if not hasattr(self, "_fingerprint"):
-            from .detect.registry import DETECTORS, weights_sha256
+            from .detect.registry import detector_weights_sha256
 
-            name = self.detector_name
-            known = all(part in DETECTORS for part in name.split(">"))
-            self._fingerprint = fingerprint(self.metadata.weights_sha256, name,
-                                            weights_sha256(name) if known else "")
+            self._fingerprint = fingerprint(self.metadata.weights_sha256, self.detector_name,
+                                            detector_weights_sha256(self.detector))
         return self._fingerprint
 
     @property

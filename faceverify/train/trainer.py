@@ -28,6 +28,7 @@ from ..data import read_pairs
 from ..embed import TorchEmbedder
 from ..errors import FaceVerifyError
 from ..evaluation import AlignedPairs
+from ..policies import LEGACY_DETECTOR
 from ..metrics import calibrated_thresholds, verification_report
 from ..models import Embedder, Ensemble, build_metadata, load_checkpoint, save_checkpoint
 from ..models.members import PRETRAINED_STUDENTS, pretrained_student
@@ -254,7 +255,9 @@ class Trainer:
     def _eval_pairs(self) -> AlignedPairs | None:
         cfg = self.cfg.eval
         if cfg.cache and Path(cfg.cache).is_file():
-            return AlignedPairs.load(cfg.cache)
+            aligned = AlignedPairs.load(cfg.cache)
+            aligned.check_detector(LEGACY_DETECTOR)  # built below with MTCNN, as training sets are prepared
+            return aligned
         if not cfg.pairs:
             return None
         from ..detect import TorchMTCNN
