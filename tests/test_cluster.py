@@ -128,8 +128,8 @@ def test_a_killed_worker_loses_no_photo_and_writes_none_twice(photos, single_mac
 
 def test_an_interrupted_run_resumes_with_only_the_missing_photos(photos, single_machine, tmp_path):
     """Ctrl-C the CLI once the first parts are written; the rerun skips them and leaves them as
-    they were. The interrupted run is given 480 more photos after the test's own, so that it is
-    still busy when the signal lands (the test's 242 alone can all be written before it does)."""
+    they were. The interrupted run is given 480 more photos among the test's own, so that it is
+    still busy when the signal lands (the test's 227 alone can all be written before it does)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -139,7 +139,10 @@ def test_an_interrupted_run_resumes_with_only_the_missing_photos(photos, single_
     out, wanted = tmp_path / "out", [str(p) for p in photos[1]]
     more = [str(s.path) for s in load_samples(celeba_subset(tmp_path, 90, 8))][len(wanted) - 2:]
     command = [sys.executable, "-m", "faceverify.cli", "embed", "--out", str(out), "--ray", "--ray-cpus", "2"]
-    first = subprocess.Popen([*command, *wanted, *more], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+    # one of the test's photos to two more: parts come out in bunches, late, so the test's photos
+    # must be spread over the whole run for some, not all, to be written when the signal lands
+    mixed = [p for trio in zip(wanted, more[0::2], more[1::2]) for p in trio] + wanted[len(more) // 2:]
+    first = subprocess.Popen([*command, *mixed], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
     deadline = time.time() + 180
     while not list(out.glob("part-*.parquet")) and time.time() < deadline and first.poll() is None:
