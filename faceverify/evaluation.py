@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .align import ARCFACE_112, Template
 from .data import Pair
 from .detect import Detector
+from .detect.base import detector_name
 from .errors import FaceVerifyError, ModelError
 from .metrics import cosine_scores
 from .pipeline import aligned_batches
@@ -60,10 +61,6 @@ def load_crops(z) -> tuple[tuple[np.ndarray, ...], tuple[Template, ...], str]:
         raise ModelError("an aligned-crops cache from an older version: delete it to rebuild")
     return (tuple(z[f"crops_{i}"] for i in range(len(names))), tuple(Template.from_dict({"name": n}) for n in names),
             str(z["detector"]) if "detector" in z else LEGACY_DETECTOR)
-
-
-def detector_name(detector: Detector) -> str:
-    return getattr(detector, "name", "custom")
 
 
 class _Crops:

@@ -16,6 +16,7 @@ import numpy as np
 
 from .bundled import weights_dir
 from .detect import DETECTION_MAX_SIDE, AlignedFace, AssumeCropped, Detector, align_all, detect_faces
+from .detect.base import detector_name
 from .errors import FaceVerifyError, ModelError
 from .images import ImageInput
 from .interfaces import FaceEmbedder
@@ -150,7 +151,7 @@ class Verifier:
     @property
     def detector_name(self) -> str:
         """The detector's registry name ("custom" for a detector from elsewhere)."""
-        return getattr(self.detector, "name", "custom")
+        return detector_name(self.detector)
 
     @property
     def fingerprint(self) -> str:

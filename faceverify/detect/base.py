@@ -63,6 +63,11 @@ class AssumeCropped:
         return self.detector.detect_whole(images, self.min_score)
 
 
+def detector_name(detector) -> str:
+    """A detector's registry name (`detect.registry`); "custom" for one from elsewhere."""
+    return getattr(detector, "name", "custom")
+
+
 def select_face(faces: Sequence[Face], image_shape, policy: str = "single", name: str = "image") -> Face:
     """Pick the face a single-face operation should use, or raise a typed error.
 

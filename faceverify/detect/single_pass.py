@@ -83,7 +83,7 @@ class SinglePassDetector:
         groups: dict[tuple, list[int]] = {}
         for i, (small, _) in enumerate(scaled):
             groups.setdefault(small.shape, []).append(i)
-        for shape, members in groups.items():
+        for members in groups.values():
             batch = np.stack([scaled[i][0] for i in members])
             for i, (boxes, scores, landmarks) in zip(members, self._run(batch)):
                 results[i] = self._faces(boxes, scores, landmarks, scaled[i][1], images[i].shape)
@@ -103,7 +103,9 @@ class SinglePassDetector:
         """(the copy to detect on, factor from its pixels to the photo's): no larger than needed
         for the smallest wanted face to be `SMALLEST_FACE_PX`, but its short side at least
         `min_input_side` (a photo below it is enlarged), and at most `max_side` a side."""
-        image = image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        from .mtcnn_onnx import _as_uint8
+
+        image = _as_uint8(image)
         smallest = min_face_size(image.shape, self.min_face_size, self.min_face_fraction)
         scale = min(1.0, SMALLEST_FACE_PX / max(smallest, 1))
         scale = max(scale, self.min_input_side / min(image.shape[:2]))
