@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CUDA build of torch 2.14.1 runs on CPU too, and torchvision must match
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[torch,runtime,gallery,postgres,app,distill,ray,dev]"
+	$(BIN)/pip install -q -e ".[torch,runtime,gallery,postgres,app,api,distill,ray,dev]"
 	touch $@
 
 demo: $(STAMP)

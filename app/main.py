@@ -1,7 +1,9 @@
 """The web UI: a thin Gradio layer over `Verifier` and `Gallery`.
 
-Binds to 127.0.0.1 and never shares publicly unless asked; uploads are size-limited and requests
-queue with a concurrency limit. Uploads reach the library undecoded (`PhotoInput`), so its
+Binds to 127.0.0.1 and will not listen beyond it, or share publicly, without a login (`launch`'s
+`auth_file`; every page and every programmatic endpoint then asks for it) unless told `insecure`;
+uploads are size-limited and requests queue with a concurrency limit. Enrolments, removals and
+identifications reach the gallery's audit trail under the logged-in user (`ui:<user>`). Uploads reach the library undecoded (`PhotoInput`), so its
 `load_rgb` checks the pixel count from the header before decoding and words every error; each user
 mistake surfaces as a readable message (never a stack trace, in the page or the console). Several
 faces in a photo are shown and the user picks one; every decision is the library's.
@@ -21,12 +23,13 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from faceverify import FaceVerifyError, Verifier, load_rgb
+from faceverify.access import UserFile, check_exposure
 from faceverify.bundled import weights_dir
-from faceverify.gallery import Gallery
+from faceverify.gallery import DEFAULT_GALLERY, Gallery, KeptPhotos
+from faceverify.gallery.backends import is_postgres
+from faceverify.gallery.kept_photos import default_folder
 from faceverify.metrics import far_at_threshold
 from faceverify.verifier import default_model_path
-
-from .command import DEFAULT_GALLERY
 
 MAX_UPLOAD = "10mb"
 CONCURRENCY = 2
@@ -82,18 +85,25 @@ class OutputFiles:
         return str(path)
 
 
+def actor(request: gr.Request | None) -> str:
+    """Who the audit trail credits with a request: the logged-in user (`ui` without a login)."""
+    user = getattr(request, "username", None) if request is not None else None
+    return f"ui:{user}" if user else "ui"
+
+
 class FaceApp:
     """State shared by the tabs: one verifier, one gallery file (opened per request: thread-safe)."""
 
-    def __init__(self, verifier: Verifier, gallery_path: Path, outputs: OutputFiles | None = None):
-        self.verifier, self.gallery_path = verifier, Path(gallery_path)
+    def __init__(self, verifier: Verifier, gallery: str | Path, outputs: OutputFiles | None = None):
+        self.verifier, self.location = verifier, str(gallery)  # a str: Path folds postgresql:// URLs
         self.outputs = outputs or OutputFiles()
+        self.kept = KeptPhotos(default_folder(self.location))
         self._lock = threading.Lock()  # one inference at a time on the shared model
         self.roc = verifier.metadata.pairs_roc
         self.default_threshold = verifier.threshold()
 
-    def gallery(self) -> Gallery:
-        return Gallery(self.gallery_path, self.verifier)
+    def gallery(self, request: gr.Request | None = None) -> Gallery:
+        return Gallery(self.location, self.verifier, actor=actor(request))
 
     # ---------------------------------------------------------------- verify
     def faces(self, image):
@@ -136,10 +146,10 @@ class FaceApp:
         return f"on the dev pairs this threshold falsely accepts {100 * far_at_threshold(self.roc, threshold):.2f}% of impostors"
 
     # -------------------------------------------------------------- identify
-    def identify(self, image, top_k):
+    def identify(self, image, top_k, request: gr.Request = None):
         face = self.faces(image)[0]
         try:
-            with self.gallery() as gallery, self._lock:
+            with self.gallery(request) as gallery, self._lock:
                 (result,) = gallery.identify_faces([face], int(top_k))
                 thumbs = [(gallery.thumbnail(name), f"{name}: {score:.3f}") for name, score in result.matches]
         except FaceVerifyError as exc:
@@ -151,20 +161,22 @@ class FaceApp:
         return headline, [(self.outputs(t), c) for t, c in thumbs if t is not None]
 
     # ---------------------------------------------------------------- enroll
-    def enroll(self, name, files):
+    def enroll(self, name, files, request: gr.Request = None):
         if not name or not name.strip():
             raise user_error("Give the person a name.")
         if not files:
             raise user_error("Add at least one photo.")
         uploads = [f if isinstance(f, str) else f.name for f in files]
         try:
-            with self.gallery() as gallery, self._lock:
+            with self.gallery(request) as gallery, self._lock:
                 kept = []
                 try:
-                    kept += [str(self.keep_photo(p)) for p in uploads]
+                    # kept beside the gallery, recorded as the sources: Gradio deletes its uploads,
+                    # and an upgrade to a new model re-embeds from the sources
+                    kept += [str(self.kept.keep(Path(p).read_bytes(), p)) for p in uploads]
                     report = gallery.enroll(name, kept, kept)
                 finally:
-                    self.discard_unheld(kept, gallery)
+                    self.kept.discard(kept, gallery.store.sources())
         except FaceVerifyError as exc:
             raise user_error(str(exc)) from None
         except OSError as exc:
@@ -175,47 +187,21 @@ class FaceApp:
         summary = f"{len(report.added)} photo(s) added to **{name.strip()}**, {len(report.rejected)} rejected."
         return summary, rows, self.identity_rows()
 
-    def keep_photo(self, upload: str) -> Path:
-        """A copy of an uploaded photo beside the gallery (`<gallery>.photos/<sha256>.<ext>`),
-        recorded as the image's source: Gradio deletes its uploads, and a gallery upgraded to a
-        new model is re-embedded from its sources (`faceverify gallery upgrade`)."""
-        data = Path(upload).read_bytes()
-        folder = self.gallery_path.with_name(self.gallery_path.name + ".photos")
-        folder.mkdir(parents=True, exist_ok=True)
-        kept = folder / (hashlib.sha256(data).hexdigest()[:32] + Path(upload).suffix.lower())
-        if not kept.is_file():  # written whole or not at all: the name is the content's digest
-            partial = kept.with_name(kept.name + f".{os.getpid()}.tmp")
-            partial.write_bytes(data)
-            os.replace(partial, kept)
-        return kept.resolve()
-
-    @staticmethod
-    def discard_unheld(kept: list[str], gallery: Gallery) -> None:
-        """Delete the kept copies the gallery holds no image of (rejected photos, a failed
-        enrolment): a face photo is not kept for nothing. A rejected duplicate shares its name
-        with the enrolled copy, which stays."""
-        for path in set(kept) - gallery.store.sources():
-            Path(path).unlink(missing_ok=True)
-
     def identity_rows(self):
-        if not self.gallery_path.is_file():
+        if not (is_postgres(self.location) or Path(self.location).is_file()):
             return []
         with self.gallery() as gallery:
             return [[n, k, c] for n, k, c in gallery.identities()]
 
-    def remove(self, name):
-        """Remove a person, and the copies of their photos this UI kept (`keep_photo`): a face
-        photo is not kept after its person leaves the gallery."""
+    def remove(self, name, request: gr.Request = None):
+        """Remove a person, and the copies of their photos this UI kept: a face photo is not kept
+        after its person leaves the gallery."""
         try:
-            with self.gallery() as gallery, self._lock:
-                sources = [image["source"] for image in gallery.show(name)]
-                gallery.remove(name)
+            with self.gallery(request) as gallery, self._lock:
+                sources = gallery.remove(name)
+                self.kept.discard(sources, gallery.store.sources())
         except FaceVerifyError as exc:
             raise user_error(str(exc)) from None
-        kept = self.gallery_path.with_name(self.gallery_path.name + ".photos").resolve()
-        for source in map(Path, sources):
-            if source.parent == kept:  # never a file the user enrolled from elsewhere
-                source.unlink(missing_ok=True)
         return self.identity_rows()
 
     # ----------------------------------------------------------------- about
@@ -303,10 +289,19 @@ def build(app: FaceApp) -> gr.Blocks:
 
 
 def launch(model=None, gallery: Path = DEFAULT_GALLERY, host: str = "127.0.0.1", port: int = 7860,
-           share: bool = False, flip: bool | None = None, detector: str | None = None) -> None:
+           share: bool = False, flip: bool | None = None, detector: str | None = None,
+           auth_file: Path | None = None, insecure: bool = False) -> None:
+    """Serve the UI. Beyond the loopback or shared, a login (`auth_file`: `UserFile`) is required
+    unless `insecure` (`access.check_exposure`)."""
+    users = UserFile(auth_file) if auth_file else None
+    if users is not None and not users.users:
+        raise FaceVerifyError(f"{auth_file}: no users yet; add one with `faceverify users add NAME --auth-file {auth_file}`")
+    check_exposure(host, share, login=users is not None, insecure=insecure)
     verifier = Verifier(model or default_model_path(), flip=flip, detector=detector)
     outputs = OutputFiles()
     demo = build(FaceApp(verifier, gallery, outputs))
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=32)
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD,
-                show_error=True, allowed_paths=[str(outputs.folder)])
+                show_error=True, allowed_paths=[str(outputs.folder)],
+                auth=users.check if users is not None else None,
+                auth_message="faceverify: log in (users are managed with `faceverify users`)")

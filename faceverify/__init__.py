@@ -3,14 +3,16 @@
     from faceverify import Verifier
     result = Verifier().verify("a.jpg", "b.jpg")
 """
-from .errors import (FaceVerifyError, GalleryBusyError, GalleryError, ImageTooLargeError,
-                     InvalidImageError, ModelError, ModelMismatchError, MultipleFacesError,
-                     NoFaceError)
+from .errors import (AccessError, AlreadyInGalleryError, AuthenticationError, ExposureError,
+                     FaceVerifyError, GalleryBusyError, GalleryError, ImageTooLargeError,
+                     InvalidImageError, InvalidNameError, ModelError, ModelMismatchError,
+                     MultipleFacesError, NoFaceError, NotInGalleryError, PermissionDeniedError)
 
 __version__ = "0.1.0"
 __all__ = ["Verifier", "load_rgb", "FaceVerifyError", "InvalidImageError", "ImageTooLargeError",
            "NoFaceError", "MultipleFacesError", "ModelError", "ModelMismatchError", "GalleryError",
-           "GalleryBusyError", "__version__"]
+           "GalleryBusyError", "NotInGalleryError", "AlreadyInGalleryError", "InvalidNameError",
+           "AccessError", "AuthenticationError", "PermissionDeniedError", "ExposureError", "__version__"]
 
 
 def __getattr__(name):  # keep `import faceverify` light (the CLI starts through it)

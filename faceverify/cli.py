@@ -497,13 +497,33 @@ def _gallery_upgrade(args) -> int:
     return EXIT_OK
 
 
-#: gallery actions that open the gallery themselves: `upgrade` must open one built by another model
-GALLERY_COMMANDS = {"upgrade": _gallery_upgrade}
+def _gallery_audit(args) -> int:
+    """The audit trail, whatever model built the gallery: oldest first, or JSON lines."""
+    from .gallery import open_store, parse_since
+
+    store = open_store(args.gallery, None, busy_timeout_s=args.busy_timeout)
+    try:
+        entries = store.audit_entries(parse_since(args.since) if args.since else None, args.name, args.limit)
+    finally:
+        store.close()
+    for entry in entries:
+        if args.json:
+            print(json.dumps(entry.to_dict()))
+        else:
+            subject = "" if entry.subject is None else f" {entry.subject!r}"
+            renamed = f" -> {entry.renamed_to!r}" if entry.renamed_to else ""
+            print(f"{entry.at}\t{entry.actor}\t{entry.action}{subject}{renamed}\t{entry.outcome}")
+    return EXIT_OK
+
+
+#: gallery actions that open the gallery themselves: `upgrade` must open one built by another
+#: model, `audit` reads it whatever its model
+GALLERY_COMMANDS = {"upgrade": _gallery_upgrade, "audit": _gallery_audit}
 
 
 def add_gallery(sub) -> None:
-    p = sub.add_parser("gallery", help="list, show, rename, remove, export, import or upgrade "
-                                       "(re-embed for a new --model)")
+    p = sub.add_parser("gallery", help="list, show, rename, remove, export, import, upgrade "
+                                       "(re-embed for a new --model) or audit (who changed what)")
     p.add_argument("action", choices=(*GALLERY_ACTIONS, *GALLERY_COMMANDS))
     p.add_argument("--name")
     p.add_argument("--new-name")
@@ -512,8 +532,11 @@ def add_gallery(sub) -> None:
     p.add_argument("--reembed", action="store_true", help="import from another model's export")
     p.add_argument("--drop-missing", action="store_true", help="upgrade: remove the photos that cannot "
                    "be re-embedded (missing, unreadable, changed, no face) instead of stopping")
-    p.add_argument("--json", action="store_true", help="upgrade: the report on stdout")
+    p.add_argument("--json", action="store_true", help="upgrade: the report on stdout; audit: one JSON line each")
     p.add_argument("--quiet", action="store_true", help="upgrade: no progress bar")
+    p.add_argument("--since", help="audit: from this ISO date/time (UTC) or age (30m, 12h, 7d)")
+    p.add_argument("--person", dest="name", help="audit: only lines about this person (--name too)")
+    p.add_argument("--limit", type=int, help="audit: only the newest N lines")
     _gallery_args(p)
     p.set_defaults(func=cmd_gallery)
 
@@ -527,6 +550,96 @@ def cmd_gallery(args) -> int:
         raise FaceVerifyError(f"gallery {args.action} needs {' and '.join(missing)}")
     with _gallery(args, create=args.action == "import") as gallery:  # import may start a gallery
         action(gallery, args)
+    return EXIT_OK
+
+
+def _key_ring(args, create: bool):
+    """The gallery's keys; a gallery that does not exist yet is created for the --model's
+    embeddings when `create` (a first key comes before the first enrolment)."""
+    from .access.keys import KeyRing
+    from .gallery import Gallery, open_store
+
+    try:
+        store = open_store(args.gallery, None, busy_timeout_s=args.busy_timeout)
+    except FaceVerifyError:
+        if not create:
+            raise
+        store = Gallery(args.gallery, _verifier(args), busy_timeout_s=args.busy_timeout).store
+    return KeyRing(store)
+
+
+def add_keys(sub) -> None:
+    from .access.keys import SCOPES
+
+    p = sub.add_parser("keys", help="API keys of a gallery: add (the secret is printed once), list, revoke")
+    p.add_argument("action", choices=("add", "list", "revoke"))
+    p.add_argument("name", nargs="?", help="the key's name (add, revoke)")
+    p.add_argument("--scope", action="append", choices=SCOPES, default=[],
+                   help="add: what the key may do (repeat): verify, identify, enrol, admin (all)")
+    p.add_argument("--json", action="store_true")
+    _gallery_args(p)
+    p.set_defaults(func=cmd_keys)
+
+
+def cmd_keys(args) -> int:
+    if args.action != "list" and not args.name:
+        raise FaceVerifyError(f"keys {args.action} needs the key's NAME")
+    ring = _key_ring(args, create=args.action == "add")
+    try:
+        if args.action == "add":
+            key, token = ring.add(args.name, args.scope)
+            print(f"key {key.name!r} ({', '.join(sorted(key.scopes))}) added; its secret is shown this "
+                  "once, keep it safe:", file=sys.stderr)
+            print(json.dumps({"name": key.name, "scopes": sorted(key.scopes), "key": token}) if args.json else token)
+        elif args.action == "revoke":
+            ring.revoke(args.name)
+            print(f"key {args.name!r} revoked", file=sys.stderr)
+        else:
+            keys = ring.list()
+            for key in keys:
+                if not args.json:
+                    state = f"revoked {key['revoked']}" if key["revoked"] else "in force"
+                    print(f"{key['name']}\t{key['scopes']}\tcreated {key['created']}\t{state}")
+            if args.json:
+                print(json.dumps(keys, indent=2))
+    finally:
+        ring.store.close()
+    return EXIT_OK
+
+
+def add_users(sub) -> None:
+    p = sub.add_parser("users", help="logins of the web UI (an auth file for `serve --auth-file`)")
+    p.add_argument("action", choices=("add", "remove", "list"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--auth-file", type=Path, required=True)
+    p.add_argument("--password-stdin", action="store_true",
+                   help="add: read the password from standard input (else it is asked for twice)")
+    p.set_defaults(func=cmd_users)
+
+
+def cmd_users(args) -> int:
+    import getpass
+
+    from .access.users import UserFile
+
+    users = UserFile(args.auth_file)
+    if args.action == "list":
+        print("\n".join(sorted(users.users)))
+        return EXIT_OK
+    if not args.name:
+        raise FaceVerifyError(f"users {args.action} needs the user's NAME")
+    if args.action == "remove":
+        users.remove(args.name)
+        print(f"removed {args.name!r} from {args.auth_file}", file=sys.stderr)
+        return EXIT_OK
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise FaceVerifyError("the two passwords differ")
+    users.add(args.name, password)
+    print(f"{args.name!r} can log in ({args.auth_file})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -601,9 +714,10 @@ def cmd_finetune(args) -> int:
     return EXIT_OK
 
 
-#: each verb's `add_*` registers its arguments and handler; plugins add more (the UI adds `serve`)
+#: each verb's `add_*` registers its arguments and handler; plugins add more (the UI adds `serve`,
+#: the REST API `api`)
 VERBS = (add_verify, add_embed, add_evaluate, add_prepare, add_calibrate, add_export, add_enroll,
-         add_identify, add_gallery, add_finetune)
+         add_identify, add_gallery, add_keys, add_users, add_finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -612,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in VERBS:
         add(sub)
-    for plugin in entry_points(group="faceverify.commands"):  # e.g. `serve`, from app/
+    for plugin in entry_points(group="faceverify.commands"):  # `serve` from app/, `api` from api/
         plugin.load()(sub, _model_args)
     return parser
 

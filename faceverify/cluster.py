@@ -101,7 +101,7 @@ def detect_batch(batch: dict, spec: PipelineSpec, digests: bool) -> dict:
     their typed error (class name and message) and zero crops; `digests` adds each decoded photo's
     `image_digest` (for a gallery's duplicate check)."""
     from .detect import AlignedFace, detect_and_align
-    from .gallery.gallery import image_digest
+    from .gallery.photos import image_digest
     from .pipeline import decode_ahead
 
     verifier = worker_verifier(spec)
@@ -141,7 +141,7 @@ class EmbedFaces:
 
     def __call__(self, batch: dict):
         from .detect import AlignedFace, Face
-        from .gallery.gallery import enrolment_photo
+        from .gallery.photos import enrolment_photo
 
         ok = np.flatnonzero(batch["status"] == records.OK)
         faces = [AlignedFace(Face(batch["box"][i], float(batch["score"][i]), batch["landmarks"][i],

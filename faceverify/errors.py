@@ -45,6 +45,35 @@ class GalleryBusyError(GalleryError):
     """Another process held the gallery's write lock for longer than the timeout."""
 
 
+class NotInGalleryError(GalleryError):
+    """The person, photo or key asked for is not in the gallery."""
+
+
+class AlreadyInGalleryError(GalleryError):
+    """The name asked for is taken (a person, or a key in force)."""
+
+
+class InvalidNameError(GalleryError, ValueError):
+    """A person's name the gallery will not hold: empty, too long, control characters, path
+    separators or invisible formatting characters."""
+
+
+class AccessError(FaceVerifyError):
+    """Who is asking may not: base of the authentication and authorisation errors."""
+
+
+class AuthenticationError(AccessError):
+    """No credentials, wrong ones, or a revoked key."""
+
+
+class PermissionDeniedError(AccessError):
+    """Valid credentials whose scopes do not cover the request."""
+
+
+class ExposureError(FaceVerifyError):
+    """A server asked to listen beyond this machine without a login to protect it."""
+
+
 def error_from_name(name: str, message: str) -> FaceVerifyError:
     """The typed error a worker reported as (class name, message), rebuilt on the other side."""
     cls = globals().get(name)

@@ -238,9 +238,10 @@ class Verifier:
                 raise result
         return np.stack([r.embedding for r in results])
 
-    def verify(self, a: ImageInput, b: ImageInput, threshold: float | None = None) -> VerificationResult:
-        """Are the faces in `a` and `b` the same person?"""
-        first, second = self.analyze([a, b])
+    def verify(self, a: ImageInput, b: ImageInput, threshold: float | None = None,
+               face_policy: str | None = None) -> VerificationResult:
+        """Are the faces in `a` and `b` the same person? (`face_policy`: this call's, if not the verifier's)"""
+        first, second = self.analyze([a, b], face_policy=face_policy)
         for result in (first, second):
             if isinstance(result, FaceVerifyError):
                 raise result

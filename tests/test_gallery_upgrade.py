@@ -12,8 +12,9 @@ from PIL import Image
 
 from faceverify import ModelMismatchError, Verifier
 from faceverify.cli import main
-from faceverify.gallery import Gallery, GalleryStore, Identification, PostgresStore, upgrade_gallery
-from faceverify.gallery.gallery import default_threshold
+from faceverify.gallery import Gallery, GalleryStore, Identification, upgrade_gallery
+from faceverify.gallery.postgres_store import PostgresStore
+from faceverify.gallery.photos import default_threshold
 
 from .conftest import BUNDLED, lfw
 from .test_gallery_stores import location, postgres  # noqa: F401  (fixtures: each store, fresh)

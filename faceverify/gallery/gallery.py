@@ -1,7 +1,6 @@
 """Enrollment and 1:N identification over a `GalleryStore`, using a `Verifier` for faces."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,15 +11,19 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data import load_samples
-from ..errors import FaceVerifyError, GalleryError, ModelMismatchError
-from ..metadata import describe_fingerprint
+from ..errors import FaceVerifyError, GalleryError, ModelMismatchError, NotInGalleryError
 from ..images import ImageInput
-from ..metadata import BEST_ACCURACY, FAR_1E2
+from ..metadata import describe_fingerprint
 from ..operating import OperatingPoint, describe, far_for_fpir, threshold_for_far
 from ..pipeline import BATCH_IMAGES, decode_ahead
-from ..quality import problems
 from ..verifier import FaceEmbedding
-from .store import open_store
+from .audit import AuditEntry
+from .backends import open_store
+from .names import identity_name
+from .photos import default_threshold, enrolment_photo, groups, image_digest
+
+#: the default gallery of the servers and the UI
+DEFAULT_GALLERY = "gallery.db"
 
 
 @dataclass
@@ -48,61 +51,6 @@ class QualityGate:
             named = [] if issues else photo.get("quality_problems") or []  # the limits said it already
             issues.append(f"quality {score:.2f} < {self.min_quality:.2f}" + (f": {'; '.join(named)}" if named else ""))
         return issues
-
-
-def face_quality(face: FaceEmbedding) -> dict:
-    """The measures a gallery stores of a photo (and its gate reads), as the verifier took them."""
-    x1, y1, x2, y2 = face.face.box
-    quality = face.quality
-    return {"det_score": quality.det_score, "face_size": float(min(x2 - x1, y2 - y1)),
-            "sharpness": quality.sharpness, "quality": quality.score}
-
-
-def enrolment_photo(source: str, digest: str, result) -> dict:
-    """What a gallery stores of one photo (embedding, gate measures, thumbnail), or the error that
-    stopped it: computed wherever the photo was embedded, committed by `Gallery.add_photos`."""
-    if isinstance(result, FaceVerifyError):
-        return {"source": source, "sha256": digest, "error": str(result)}
-    return {"source": source, "sha256": digest, "error": None, "embedding": result.embedding,
-            "thumbnail": encode_thumbnail(result.crop), **face_quality(result),
-            # every hint, not only the verifier's reasons: the gate may be stricter than the floor
-            "quality_problems": problems(result.quality)}
-
-
-def image_digest(rgb: np.ndarray) -> str:
-    """sha256 of decoded pixels (and shape): how a gallery recognises a photo it already holds."""
-    return hashlib.sha256(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
-
-
-def encode_thumbnail(crop: np.ndarray) -> bytes:
-    """An aligned RGB crop as the JPEG a gallery keeps for UIs."""
-    return cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes()
-
-
-def default_threshold(metadata) -> float:
-    """The fixed threshold a new gallery stores for this model: its FAR = 1e-2 pairs threshold,
-    else its best-accuracy one."""
-    return metadata.threshold(FAR_1E2 if FAR_1E2 in metadata.thresholds else BEST_ACCURACY)
-
-
-def _identity_name(name: str) -> str:
-    name = name.strip()
-    if not name:
-        raise GalleryError("an identity needs a non-empty name")
-    return name
-
-
-def _groups(people: list[tuple[str, list]], images: int):
-    """Consecutive runs of (name, photos) holding at least `images` photos (the last: the rest)."""
-    group, size = [], 0
-    for person in people:
-        group.append(person)
-        size += len(person[1])
-        if size >= images:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
 
 
 #: Strangers a gallery may accept as someone, by default (its threshold follows from this).
@@ -158,31 +106,26 @@ class Gallery:
     all-pairs ROC and recomputed as people are enrolled (`operating`); a new gallery targets
     `DEFAULT_FPIR` unless given `target_fpir`. `threshold` pins a fixed threshold instead. Both are
     stored in a new gallery; given for an existing one, they apply to this session only. A model
-    without an all-pairs ROC falls back to its FAR = 1e-2 pairs threshold.
+    without an all-pairs ROC falls back to its FAR = 1e-2 pairs threshold. Every enrolment, rename,
+    removal and identification reaches the audit trail (`audit`) credited to `actor` (default:
+    `local:<user>`; the API names its key, the UI its user).
     """
 
     def __init__(self, path: str | Path, verifier, threshold: float | None = None,
                  index: str = "auto", quality: QualityGate | None = None,
-                 busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None):
+                 busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None,
+                 actor: str | None = None):
         self.verifier = verifier
         meta = verifier.metadata
         self.roc = meta.gallery_roc
         fixed = default_threshold(meta) if threshold is None else threshold
         stored_fpir = target_fpir or (DEFAULT_FPIR if threshold is None and self.roc else None)
         self.store = open_store(path, verifier.fingerprint, meta.embedding_dim, fixed,
-                                busy_timeout_s, create, stored_fpir)
+                                busy_timeout_s, create, stored_fpir, actor=actor)
         self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()
         if self.quality.min_quality is None and verifier.quality_model is not None:
             self.quality = replace(self.quality, min_quality=verifier.quality_model.floor)
-
-    @staticmethod
-    def upgrade(path: str | Path, verifier, **options):
-        """Re-embed the gallery at `path` for `verifier`'s model and detector and switch it to them
-        (`upgrade.upgrade_gallery`: options, resumability, the `UpgradeReport` it returns)."""
-        from .upgrade import upgrade_gallery
-
-        return upgrade_gallery(path, verifier, **options)
 
     def operating_point(self) -> OperatingPoint:
         """The threshold in force now and its expected FPIR / FNIR at the current gallery size."""
@@ -214,8 +157,15 @@ class Gallery:
         return self.operating_point().threshold
 
     # ------------------------------------------------------------ enrollment
-    def enroll(self, name: str, images: Sequence[ImageInput], sources: Sequence[str] | None = None) -> EnrollReport:
-        """Add the usable images of one person, all or nothing (one transaction)."""
+    def enroll(self, name: str, images: Sequence[ImageInput], sources: Sequence[str] | None = None,
+               new_person: bool | None = None) -> EnrollReport:
+        """Add the usable images of one person, all or nothing (one transaction). `new_person`
+        True: refuse a name already enrolled (`AlreadyInGalleryError`); False: refuse one that is
+        not (`NotInGalleryError`); checked before any photo is analysed, and again in the
+        transaction."""
+        name = identity_name(name)
+        if new_person is not None:
+            self.store.check_person(name, new_person)
         images = list(images)
         sources = list(sources) if sources is not None else [
             # absolute: a gallery is re-embedded from its sources when its model changes (`upgrade`)
@@ -223,7 +173,7 @@ class Gallery:
             for i, img in enumerate(images)]
         if len(sources) != len(images):
             raise ValueError(f"{len(images)} images but {len(sources)} sources")
-        (report,) = self._enroll_people([(name, images, sources)])
+        (report,) = self._enroll_people([(name, images, sources)], new_person)
         return report
 
     def enroll_dataset(self, source: str | Path, progress: bool = True) -> list[EnrollReport]:
@@ -236,15 +186,16 @@ class Gallery:
         reports = []
         with tqdm(total=sum(map(len, by_identity.values())), desc="enroll", unit="image",
                   disable=not progress) as bar:
-            for group in _groups(list(by_identity.items()), BATCH_IMAGES):
+            for group in groups(list(by_identity.items()), BATCH_IMAGES):
                 reports += self._enroll_people([(name, paths, list(map(str, paths))) for name, paths in group])
                 bar.update(sum(len(paths) for _, paths in group))
         return reports
 
-    def _enroll_people(self, people: list[tuple[str, list, list[str]]]) -> list[EnrollReport]:
+    def _enroll_people(self, people: list[tuple[str, list, list[str]]],
+                       new_person: bool | None = None) -> list[EnrollReport]:
         """Enroll several people, (name, images, sources) each: their images decoded ahead, then
         detected and embedded together; each person's usable images added in one transaction."""
-        reports = [EnrollReport(_identity_name(name)) for name, _, _ in people]
+        reports = [EnrollReport(identity_name(name)) for name, _, _ in people]
         decoded = decode_ahead([image for _, images, _ in people for image in images])
         candidates, copies, first = [], [], {}  # first: image digest → its first candidate here
         for person, (_, _, sources) in enumerate(people):
@@ -272,14 +223,22 @@ class Gallery:
             reports[person].rejected.append(
                 (source, refusals[original] or f"duplicate of an image already enrolled for {owner!r}"))
         for report, person_rows in zip(reports, rows):
-            if person_rows:
-                self.store.add_images(report.name, person_rows)
+            self._commit(report, person_rows, new_person)
         return reports
+
+    def _commit(self, report: EnrollReport, rows: list[dict], new_person: bool | None = None) -> None:
+        """One person's usable photos in one transaction with its audit line; a request whose
+        every photo was refused gets its line too."""
+        if rows:
+            self.store.add_images(report.name, rows, rejected=len(report.rejected), new_person=new_person)
+        else:
+            self.store.record(AuditEntry("enrol", report.name, f"refused: all {len(report.rejected)} photo(s) rejected",
+                                         {"rejected": len(report.rejected)}))
 
     def add_photos(self, name: str, photos: Sequence[dict]) -> EnrollReport:
         """Enroll one person from photos analysed elsewhere (`enrolment_photo`, e.g. by a cluster's
         workers): the same duplicate checks and quality gate as `enroll`, then one transaction."""
-        report, rows = EnrollReport(_identity_name(name)), []
+        report, rows = EnrollReport(identity_name(name)), []
         verdicts: dict[str, str] = {}  # digest → the refusal a later copy of the photo gets
         for photo in photos:
             digest = photo["sha256"]
@@ -290,8 +249,7 @@ class Gallery:
             if digest and digest not in verdicts:
                 verdicts[digest] = refusal or f"duplicate of an image already enrolled for {report.name!r}"
             self._take(report, rows, photo, refusal)
-        if rows:
-            self.store.add_images(report.name, rows)
+        self._commit(report, rows)
         return report
 
     def _refusal(self, photo: dict) -> str | None:
@@ -329,6 +287,9 @@ class Gallery:
             best_name, best = matches[0]
             out.append(Identification(best_name if best >= point.threshold else None, best,
                                       point.threshold, matches, face, point))
+        self.store.record(*(AuditEntry("identify", answer.name, "match" if answer.name else "unknown",
+                                       {"score": round(answer.score, 4), "threshold": round(answer.threshold, 4)})
+                            for answer in out))
         return out
 
     # ------------------------------------------------------------ management
@@ -338,7 +299,7 @@ class Gallery:
     def show(self, name: str) -> list[dict]:
         images = self.store.images_of(name)
         if not images:
-            raise GalleryError(f"no identity named {name!r}")
+            raise NotInGalleryError(f"no identity named {name!r}")
         return images
 
     def thumbnail(self, name: str) -> np.ndarray | None:
@@ -351,11 +312,13 @@ class Gallery:
     def rename(self, old: str, new: str) -> None:
         self.store.rename(old, new)
 
-    def remove(self, name: str) -> None:
-        self.store.remove_identity(name)
+    def remove(self, name: str) -> list[str]:
+        """Remove a person (their embeddings, thumbnails, template); returns their photos' sources."""
+        return self.store.remove_identity(name)
 
-    def remove_image(self, image_id: int) -> None:
-        self.store.remove_image(image_id)
+    def remove_image(self, image_id: int, name: str | None = None) -> str:
+        """Remove one photo (of `name`, when given); returns its source."""
+        return self.store.remove_image(image_id, name)
 
     def export(self, path: str | Path) -> int:
         """Write every image's embedding and quality data to a portable .npz (no pickle)."""

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from ..errors import FaceVerifyError, GalleryBusyError, GalleryError
 from ..metadata import describe_fingerprint
 from ..pipeline import BATCH_IMAGES, decode_ahead
-from .gallery import _groups, default_threshold, encode_thumbnail, face_quality, image_digest
-from .store import open_store
+from .backends import open_store
+from .photos import default_threshold, encode_thumbnail, face_quality, groups, image_digest
 
 #: staging passes before giving up on a gallery that keeps receiving new images meanwhile
 SWITCH_ATTEMPTS = 3
@@ -116,7 +116,7 @@ def _stage_all(store, verifier, report: UpgradeReport, progress: bool, batch_ima
     """Stage every person with images not staged yet, one transaction per person."""
     people = store.unstaged_images()
     with tqdm(total=len(people), desc="upgrade", unit="person", disable=not progress) as bar:
-        for group in _groups(people, batch_images):
+        for group in groups(people, batch_images):
             for rows in _reembed(verifier, group):
                 store.stage(verifier.fingerprint, rows)
                 report.embedded += sum(row.get("embedding") is not None for row in rows)

@@ -1,0 +1,1 @@
+"""One router per resource: faces compared or embedded, identifications, people, the service."""
