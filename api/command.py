@@ -27,6 +27,8 @@ def add_api_command(sub, model_args) -> None:
                    help="larger request bodies get 413 before they are read")
     p.add_argument("--timeout", type=float, default=DEFAULTS.request_timeout_s,
                    help="seconds a request's inference may take (504 beyond)")
+    p.add_argument("--read-timeout", type=float, default=DEFAULTS.read_timeout_s,
+                   help="seconds a client may pause while sending its body (408 beyond)")
     p.add_argument("--photos", type=Path, help="folder for enrolled photos (default: GALLERY.photos beside a "
                    "SQLite gallery, ./faceverify-photos for PostgreSQL)")
     p.add_argument("--busy-timeout", type=float, default=DEFAULTS.busy_timeout_s)
@@ -37,15 +39,17 @@ def add_api_command(sub, model_args) -> None:
 def run_api(args) -> int:
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         raise FaceVerifyError("the API needs FastAPI and uvicorn: pip install 'faceverify[api]'")
-    if args.workers < 1 or args.queue < 0 or args.rate <= 0 or args.burst < 1 or args.max_body_mb <= 0:
-        raise FaceVerifyError("--workers, --rate, --burst and --max-body-mb must be positive, --queue at least 0")
+    if min(args.workers, args.rate, args.burst, args.max_body_mb, args.timeout, args.read_timeout) <= 0 or args.queue < 0:
+        raise FaceVerifyError("--workers, --rate, --burst, --max-body-mb and the timeouts must be positive, "
+                              "--queue at least 0")
     from faceverify import Verifier
 
     from .main import serve
 
     settings = ApiSettings(gallery=args.gallery, photos=args.photos, workers=args.workers, queue=args.queue,
                            rate=args.rate, burst=args.burst, max_body_bytes=int(args.max_body_mb * 2 ** 20),
-                           request_timeout_s=args.timeout, busy_timeout_s=args.busy_timeout)
+                           request_timeout_s=args.timeout, read_timeout_s=args.read_timeout,
+                           busy_timeout_s=args.busy_timeout)
     verifier = Verifier(args.model, detector=args.detector, device=args.device, flip=args.flip,
                         min_face_fraction=args.min_face_fraction, max_detection_side=args.max_detection_side,
                         quality_floor=args.quality_floor, assume_cropped=args.assume_cropped)

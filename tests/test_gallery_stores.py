@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from faceverify import GalleryBusyError
+from faceverify import FaceVerifyError, GalleryBusyError
 from faceverify.gallery import Gallery
 
 from .conftest import BUNDLED, ROOT, lfw
@@ -102,6 +102,7 @@ def test_sigkill_mid_enrollment_leaves_no_partial_identity(location, verifier, t
         assert [n for n, _, _ in gallery.identities()] == ["Abdullah Gul"]
         rows, embeddings = gallery.store.all_images()
         assert len(rows) == len(embeddings) == 2  # no orphaned photo of the half-written identity
+        assert gallery.store.audit_entries(person="Half Written") == []  # and no line for it
         assert len(gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"]).added) == 2  # writable again
 
 
@@ -150,3 +151,73 @@ def test_a_gallery_made_before_per_face_quality_gains_its_column(location, verif
         gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"][1:])
         old, new = gallery.show("Aaron Peirsol")
         assert old["quality"] is None and 0.84 <= new["quality"] <= 1
+
+
+def test_audit_trail_follows_every_change_and_survives_removal(location, verifier, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from faceverify import NotInGalleryError
+
+    blank = tmp_path / "blank.jpg"
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(blank)
+    with Gallery(location, verifier, threshold=0.4, actor="key:tester") as gallery:
+        gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"])
+        gallery.enroll("Nobody", [blank])  # every photo rejected: nothing enrolled, a line all the same
+        gallery.identify([lfw("Aaron_Peirsol", 3)])
+        gallery.rename("Aaron Peirsol", "Aaron")
+        with pytest.raises(NotInGalleryError):
+            gallery.remove("Ghost")
+        (photo,) = [p["id"] for p in gallery.show("Aaron")][:1]
+        gallery.remove_image(photo, "Aaron")
+        gallery.remove("Aaron")
+        store = gallery.store
+        lines = [(e.actor, e.action, e.subject, e.outcome) for e in store.audit_entries()]
+        assert lines == [("key:tester", "enrol", "Aaron Peirsol", "added 2 photo(s)"),
+                         ("key:tester", "enrol", "Nobody", "refused: all 1 photo(s) rejected"),
+                         ("key:tester", "identify", "Aaron Peirsol", "match"),
+                         ("key:tester", "rename", "Aaron Peirsol", "renamed"),
+                         ("key:tester", "remove", "Ghost", "refused: no identity named 'Ghost'"),
+                         ("key:tester", "remove-photo", "Aaron", "removed"),
+                         ("key:tester", "remove", "Aaron", "removed with 1 photo(s)")]
+        assert [e.action for e in store.audit_entries(person="Aaron")] == ["rename", "remove-photo", "remove"]
+        assert [e.action for e in store.audit_entries(limit=2)] == ["remove-photo", "remove"]
+        assert store.audit_entries(since="2999-01-01") == []
+        # the person's faces are gone (embeddings, thumbnails, template); the lines stay
+        assert store.image_count() == 0 and store.identity_count() == 0
+        assert store._execute("SELECT COUNT(*) FROM templates").fetchone()[0] == 0
+        for statement in ("UPDATE audit SET actor = 'someone else'", "DELETE FROM audit"):
+            with pytest.raises(Exception, match="append-only"):
+                store._execute(statement)
+        assert len(store.audit_entries()) == len(lines)
+
+
+def test_api_keys_are_hashed_scoped_and_revocable(location, verifier):
+    from faceverify import AlreadyInGalleryError, AuthenticationError, PermissionDeniedError
+    from faceverify.access import KeyRing
+
+    with Gallery(location, verifier) as gallery:
+        ring = KeyRing(gallery.store)
+        key, token = ring.add("reception", ["verify", "identify"])
+        secret = token.split("_")[2]
+        assert secret not in repr(gallery.store._execute("SELECT * FROM api_keys").fetchall())
+        assert ring.authenticate(token) == key and ring.authenticate(token) == key  # cached the second time
+        assert key.allows("identify") and not key.allows("enrol")
+        with pytest.raises(PermissionDeniedError, match="needs 'admin'"):
+            key.require("admin")
+        for wrong in (token[:-1] + ("A" if token[-1] != "A" else "B"), "fvk_0000000000000000_" + secret,
+                      "Bearer " + token, "", None, "fvk__"):
+            with pytest.raises(AuthenticationError):
+                ring.authenticate(wrong)
+        with pytest.raises(AlreadyInGalleryError):
+            ring.add("reception", ["verify"])
+        with pytest.raises(FaceVerifyError, match="choose among"):
+            ring.add("other", ["superuser"])
+        ring.revoke("reception")
+        with pytest.raises(AuthenticationError, match="revoked"):
+            ring.authenticate(token)  # at once, though this process had checked it before
+        admin, admin_token = ring.add("reception", ["admin"])  # a revoked key's name may be reused
+        assert ring.authenticate(admin_token).allows("enrol")
+        assert [(k["name"], k["revoked"] is not None) for k in ring.list()] == [("reception", True), ("reception", False)]
+        assert [(e.action, e.outcome.split(":")[0]) for e in gallery.store.audit_entries()] == [
+            ("key-add", "added"), ("key-add", "refused"), ("key-revoke", "revoked"), ("key-add", "added")]
