@@ -232,3 +232,99 @@ def test_browser_verify_and_screenshot(server):
             page.screenshot(path=str(ARTIFACTS / f"ui-{tab.lower()}.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "ui-verify.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("exposure", [("--host", "0.0.0.0"), ("--host", "192.0.2.1"), ("--share",)])
+def test_a_public_host_or_a_share_link_needs_a_login(tmp_path, exposure):
+    done = subprocess.run([sys.executable, "-m", "faceverify.cli", "serve", *exposure, "--gallery",
+                           str(tmp_path / "g.db")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "without a login" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "g.db").exists()
+
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """The UI on every interface, behind a login (alice)."""
+    folder = tmp_path_factory.mktemp("ui-login")
+    users = folder / "users.json"
+    subprocess.run([sys.executable, "-m", "faceverify.cli", "users", "add", "alice", "--auth-file", str(users),
+                    "--password-stdin"], input=PASSWORD + "\n", cwd=ROOT, check=True, capture_output=True, text=True)
+    port = free_port()
+    log = folder / "console.log"
+    proc = subprocess.Popen([sys.executable, "-m", "faceverify.cli", "serve", "--host", "0.0.0.0", "--port", str(port),
+                             "--auth-file", str(users), "--gallery", str(folder / "gallery.db"),
+                             "--model", str(BUNDLED_ONNX)], cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    server = Server(url)
+    server.proc, server.log, server.gallery = proc, log, folder / "gallery.db"
+    yield server
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_with_a_login_every_endpoint_asks_for_it_and_changes_are_credited(guarded):
+    import json
+
+    from gradio_client import Client, handle_file
+
+    for path in ("config", "gradio_api/info"):
+        try:
+            with urllib.request.urlopen(guarded + path, timeout=10) as answer:
+                body = answer.read().decode()
+            assert '"components"' not in body and '"named_endpoints"' not in body, path
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (401, 403), path
+    with pytest.raises(Exception):
+        Client(guarded, verbose=False).predict("Intruder", [handle_file(str(lfw("Aaron_Peirsol", 1)))],
+                                               api_name="/enroll")
+    with pytest.raises(Exception):
+        Client(guarded, auth=("alice", "not the password"), verbose=False)
+    client = Client(guarded, auth=("alice", PASSWORD), verbose=False)
+    summary, _, _ = client.predict("Aaron Peirsol", [handle_file(str(lfw("Aaron_Peirsol", i))) for i in (1, 2)],
+                                   api_name="/enroll")
+    assert "2 photo(s) added" in summary
+    done = subprocess.run([sys.executable, "-m", "faceverify.cli", "gallery", "audit", "--json", "--gallery",
+                           str(guarded.gallery)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(x["actor"], x["action"], x["subject"]) for x in lines] == [("ui:alice", "enrol", "Aaron Peirsol")]
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (make test installs it as root)")
+def test_browser_logs_in_then_verifies(guarded):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(guarded)
+        page.get_by_label("username").fill("alice")
+        page.get_by_label("password").fill("wrong password!")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect Credentials").wait_for(timeout=30_000)
+        page.get_by_label("username").fill("alice")  # the form starts afresh
+        page.get_by_label("password").fill(PASSWORD)
+        page.screenshot(path=str(ARTIFACTS / "ui-login.png"))
+        page.get_by_role("button", name="Login").click()
+        inputs = page.locator("input[type=file]")
+        inputs.nth(0).wait_for(state="attached", timeout=60_000)
+        inputs.nth(0).set_input_files(str(lfw("Abdullah_Gul", 1)))
+        inputs.nth(1).set_input_files(str(lfw("Abdullah_Gul", 3)))
+        page.wait_for_timeout(1500)
+        page.locator("#verify-button").click()
+        page.locator("#verdict").get_by_text("Same person").wait_for(timeout=120_000)
+        browser.close()

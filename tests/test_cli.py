@@ -177,8 +177,45 @@ def test_gallery_verbs_check_their_options_and_report(tmp_path):
 
 def test_serve_is_registered_and_help_needs_no_ui():
     done = faceverify("--help", check_rc=0)
-    assert "serve" in done.stdout
+    assert "serve" in done.stdout and "api" in done.stdout
     loaded = subprocess.run([sys.executable, "-c", "import sys; from faceverify.cli import build_parser; "
-                             "build_parser(); print(sorted(m for m in ('gradio', 'torch') if m in sys.modules))"],
+                             "build_parser(); print(sorted(m for m in ('gradio', 'torch', 'fastapi', 'uvicorn') "
+                             "if m in sys.modules))"],
                             cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+@pytest.mark.slow  # a dozen CLI subprocesses: runs in the full suite
+def test_keys_users_and_the_audit_trail_from_the_command_line(tmp_path):
+    model = ("--gallery", tmp_path / "g.db", "--model", ROOT / "weights" / "faceverify-default.onnx")
+    added = faceverify("keys", "add", "reception", "--scope", "verify", "--scope", "identify", *model, check_rc=0)
+    token = added.stdout.strip()
+    assert token.startswith("fvk_") and "shown this once" in added.stderr  # a new gallery, made for the key
+    one_line_error(faceverify("keys", "add", "reception", "--scope", "verify", *model), "is in force")
+    one_line_error(faceverify("keys", "add", "nobody", *model), "none given")
+    listed = faceverify("keys", "list", "--json", *model, check_rc=0).stdout
+    assert json.loads(listed)[0]["scopes"] == "identify verify" and token.split("_")[2] not in listed
+    assert "hash" not in listed
+    faceverify("keys", "revoke", "reception", *model, check_rc=0)
+    one_line_error(faceverify("keys", "revoke", "reception", *model), "no key in force")
+    faceverify("enroll", "--name", "Aaron", *SAME, *model, check_rc=0)
+    lines = [json.loads(line) for line in faceverify("gallery", "audit", "--json", *model, check_rc=0).stdout.splitlines()]
+    assert [(x["action"], x["outcome"].split(":")[0]) for x in lines] == [
+        ("key-add", "added"), ("key-add", "refused"), ("key-revoke", "revoked"), ("key-revoke", "refused"),
+        ("enrol", "added 2 photo(s)")]
+    assert all(x["actor"].startswith("local") for x in lines)
+    assert faceverify("gallery", "audit", "--person", "Aaron", *model, check_rc=0).stdout.count("\n") == 1
+    assert faceverify("gallery", "audit", "--since", "2999-01-01", *model, check_rc=0).stdout == ""
+    assert faceverify("gallery", "audit", "--since", "1h", *model, check_rc=0).stdout.count("\n") == 5
+    one_line_error(faceverify("gallery", "audit", "--since", "yesterday", *model), "--since")
+
+    users = ("--auth-file", tmp_path / "users.json")
+    done = subprocess.run([sys.executable, "-m", "faceverify.cli", "users", "add", "alice", *map(str, users),
+                           "--password-stdin"], input="short\n", cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "at least" in done.stderr
+    subprocess.run([sys.executable, "-m", "faceverify.cli", "users", "add", "alice", *map(str, users),
+                    "--password-stdin"], input="a long enough secret\n", cwd=ROOT, check=True, capture_output=True, text=True)
+    assert faceverify("users", "list", *users, check_rc=0).stdout.split() == ["alice"]
+    assert "a long enough secret" not in (tmp_path / "users.json").read_text()
+    faceverify("users", "remove", "alice", *users, check_rc=0)
+    one_line_error(faceverify("users", "remove", "alice", *users), "no user named")
