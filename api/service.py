@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from faceverify import Verifier, __version__
 from faceverify.access.keys import ApiKey, CheckedTokens, KeyRing
-from faceverify.gallery import Gallery, KeptPhotos, open_store
-from faceverify.gallery.kept_photos import default_folder
+from faceverify.gallery import Gallery, open_store
 
 from .limits import InferencePool, RateLimiter
 from .settings import ApiSettings
@@ -18,13 +17,12 @@ class Service:
         self.limiter = RateLimiter(settings.rate, settings.burst)
         self.pool = InferencePool(settings.workers, settings.queue, settings.request_timeout_s)
         self.checked = CheckedTokens()
-        self.kept = KeptPhotos(settings.photos or default_folder(settings.gallery))
         with self.gallery("api") as gallery:  # created for this model if new; refused if another's
-            self.kept.prune(gallery.store.sources())
+            gallery.kept.prune(gallery.store.sources())
 
     def gallery(self, actor: str) -> Gallery:
         return Gallery(self.settings.gallery, self.verifier, busy_timeout_s=self.settings.busy_timeout_s,
-                       actor=actor)
+                       actor=actor, photos=self.settings.photos)
 
     def authenticate(self, token: str | None) -> ApiKey:
         """The caller's key (the gallery says whether it is in force, on every request)."""

@@ -25,9 +25,8 @@ import numpy as np  # noqa: E402
 from faceverify import FaceVerifyError, Verifier, load_rgb
 from faceverify.access import UserFile, check_exposure
 from faceverify.bundled import weights_dir
-from faceverify.gallery import DEFAULT_GALLERY, Gallery, KeptPhotos
+from faceverify.gallery import DEFAULT_GALLERY, Gallery
 from faceverify.gallery.backends import is_postgres
-from faceverify.gallery.kept_photos import default_folder
 from faceverify.metrics import far_at_threshold
 from faceverify.verifier import default_model_path
 
@@ -97,7 +96,6 @@ class FaceApp:
     def __init__(self, verifier: Verifier, gallery: str | Path, outputs: OutputFiles | None = None):
         self.verifier, self.location = verifier, str(gallery)  # a str: Path folds postgresql:// URLs
         self.outputs = outputs or OutputFiles()
-        self.kept = KeptPhotos(default_folder(self.location))
         self._lock = threading.Lock()  # one inference at a time on the shared model
         self.roc = verifier.metadata.pairs_roc
         self.default_threshold = verifier.threshold()
@@ -169,21 +167,13 @@ class FaceApp:
         uploads = [f if isinstance(f, str) else f.name for f in files]
         try:
             with self.gallery(request) as gallery, self._lock:
-                kept = []
-                try:
-                    # kept beside the gallery, recorded as the sources: Gradio deletes its uploads,
-                    # and an upgrade to a new model re-embeds from the sources
-                    kept += [str(self.kept.keep(Path(p).read_bytes(), p)) for p in uploads]
-                    report = gallery.enroll(name, kept, kept)
-                finally:
-                    self.kept.discard(kept, gallery.store.sources())
+                report = gallery.enroll_uploads(name, [(Path(p).name, Path(p).read_bytes()) for p in uploads])
         except FaceVerifyError as exc:
             raise user_error(str(exc)) from None
         except OSError as exc:
             raise user_error(f"Could not keep the photo beside the gallery: {exc.strerror}.") from None
-        shown = dict(zip(kept, (Path(p).name for p in uploads)))  # the user's file names, not ours
-        rows = [[shown[s], "added", ""] for s in report.added] + \
-               [[shown[s], "rejected", why.replace(s, shown[s])] for s, why in report.rejected]
+        rows = [[photo, "added", ""] for photo in report.added] + \
+               [[photo, "rejected", why] for photo, why in report.rejected]
         summary = f"{len(report.added)} photo(s) added to **{name.strip()}**, {len(report.rejected)} rejected."
         return summary, rows, self.identity_rows()
 
@@ -194,12 +184,10 @@ class FaceApp:
             return [[n, k, c] for n, k, c in gallery.identities()]
 
     def remove(self, name, request: gr.Request = None):
-        """Remove a person, and the copies of their photos this UI kept: a face photo is not kept
-        after its person leaves the gallery."""
+        """Remove a person (and the copies of their photos kept beside the gallery)."""
         try:
             with self.gallery(request) as gallery, self._lock:
-                sources = gallery.remove(name)
-                self.kept.discard(sources, gallery.store.sources())
+                gallery.remove(name)
         except FaceVerifyError as exc:
             raise user_error(str(exc)) from None
         return self.identity_rows()

@@ -84,7 +84,6 @@ def torch_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str = "i
 def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bool = False):
     """One ONNX graph for `model` (see the module docstring): inputs `faces_<template>`
     (N, size, size, 3) in `model.templates` order, outputs "embeddings" and `MEMBER_NORMS`."""
-    import onnx
     from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
     graphs = [kind(spec.arch).onnx_graph(network, spec.template.size)

@@ -3,7 +3,6 @@ file and over the PostgreSQL server of test_gallery_stores, driven by a real HTT
 and, where a client library would be too polite, by a raw socket."""
 import base64
 import io
-import json
 import os
 import signal
 import socket

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,14 +36,13 @@ class Server(str):
         return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_ui(folder: Path, *options: str) -> Server:
+    """`faceverify serve` on a free port with a gallery in `folder`, once its page answers."""
     port = free_port()
-    folder = tmp_path_factory.mktemp("ui")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     log = folder / "console.log"
     proc = subprocess.Popen([sys.executable, "-m", "faceverify.cli", "serve", "--port", str(port),
-                             "--gallery", str(folder / "gallery.db"), "--model", str(BUNDLED_ONNX)],
+                             "--gallery", str(folder / "gallery.db"), "--model", str(BUNDLED_ONNX), *options],
                             cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
@@ -59,9 +59,15 @@ def server(tmp_path_factory):
         pytest.fail("server did not start in 180 s")
     server = Server(url)
     server.proc, server.log, server.gallery = proc, log, folder / "gallery.db"
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = start_ui(tmp_path_factory.mktemp("ui"))
     yield server
-    proc.terminate()
-    proc.wait(timeout=30)
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +214,9 @@ def test_enrolled_photos_are_kept_for_upgrades(client, server):
     assert all(p.is_file() for p in photos)  # the user's own files are never touched
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (make test installs it as root)")
-def test_browser_verify_and_screenshot(server):
+@contextmanager
+def browser_page(url: str, height: int):
+    """A page of headless Chromium at `url`."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -217,20 +224,36 @@ def test_browser_verify_and_screenshot(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(server)
-        inputs = page.locator("input[type=file]")
-        inputs.nth(0).set_input_files(str(lfw("Abdullah_Gul", 1)))
-        inputs.nth(1).set_input_files(str(lfw("Abdullah_Gul", 3)))
-        page.wait_for_timeout(1500)
-        page.locator("#verify-button").click()
-        page.locator("#verdict").get_by_text("Same person").wait_for(timeout=120_000)
+        page = browser.new_page(viewport={"width": 1280, "height": height})
+        page.goto(url)
+        yield page
+        browser.close()
+
+
+def verify_same_person(page) -> None:
+    """Two photos of one man into the Verify tab; wait for its verdict."""
+    inputs = page.locator("input[type=file]")
+    inputs.nth(0).wait_for(state="attached", timeout=60_000)
+    inputs.nth(0).set_input_files(str(lfw("Abdullah_Gul", 1)))
+    inputs.nth(1).set_input_files(str(lfw("Abdullah_Gul", 3)))
+    page.wait_for_timeout(1500)
+    page.locator("#verify-button").click()
+    page.locator("#verdict").get_by_text("Same person").wait_for(timeout=120_000)
+
+
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                    reason="Debian chromium is not installed (make test installs it as root)")
+
+
+@needs_chromium
+def test_browser_verify_and_screenshot(server):
+    with browser_page(server, 1400) as page:
+        verify_same_person(page)
         page.screenshot(path=str(ARTIFACTS / "ui-verify.png"), full_page=True)
         for tab in ("Identify", "Enroll", "About"):
             page.get_by_role("tab", name=tab).click()
             page.wait_for_timeout(800)
             page.screenshot(path=str(ARTIFACTS / f"ui-{tab.lower()}.png"), full_page=True)
-        browser.close()
     assert (ARTIFACTS / "ui-verify.png").stat().st_size > 10_000
 
 
@@ -252,26 +275,10 @@ def guarded(tmp_path_factory):
     users = folder / "users.json"
     subprocess.run([sys.executable, "-m", "faceverify.cli", "users", "add", "alice", "--auth-file", str(users),
                     "--password-stdin"], input=PASSWORD + "\n", cwd=ROOT, check=True, capture_output=True, text=True)
-    port = free_port()
-    log = folder / "console.log"
-    proc = subprocess.Popen([sys.executable, "-m", "faceverify.cli", "serve", "--host", "0.0.0.0", "--port", str(port),
-                             "--auth-file", str(users), "--gallery", str(folder / "gallery.db"),
-                             "--model", str(BUNDLED_ONNX)], cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-    server = Server(url)
-    server.proc, server.log, server.gallery = proc, log, folder / "gallery.db"
+    server = start_ui(folder, "--host", "0.0.0.0", "--auth-file", str(users))
     yield server
-    proc.terminate()
-    proc.wait(timeout=30)
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
 
 
 def test_with_a_login_every_endpoint_asks_for_it_and_changes_are_credited(guarded):
@@ -301,17 +308,9 @@ def test_with_a_login_every_endpoint_asks_for_it_and_changes_are_credited(guarde
     assert [(x["actor"], x["action"], x["subject"]) for x in lines] == [("ui:alice", "enrol", "Aaron Peirsol")]
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (make test installs it as root)")
+@needs_chromium
 def test_browser_logs_in_then_verifies(guarded):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(guarded)
+    with browser_page(guarded, 900) as page:
         page.get_by_label("username").fill("alice")
         page.get_by_label("password").fill("wrong password!")
         page.get_by_role("button", name="Login").click()
@@ -320,11 +319,4 @@ def test_browser_logs_in_then_verifies(guarded):
         page.get_by_label("password").fill(PASSWORD)
         page.screenshot(path=str(ARTIFACTS / "ui-login.png"))
         page.get_by_role("button", name="Login").click()
-        inputs = page.locator("input[type=file]")
-        inputs.nth(0).wait_for(state="attached", timeout=60_000)
-        inputs.nth(0).set_input_files(str(lfw("Abdullah_Gul", 1)))
-        inputs.nth(1).set_input_files(str(lfw("Abdullah_Gul", 3)))
-        page.wait_for_timeout(1500)
-        page.locator("#verify-button").click()
-        page.locator("#verdict").get_by_text("Same person").wait_for(timeout=120_000)
-        browser.close()
+        verify_same_person(page)

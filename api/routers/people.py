@@ -1,5 +1,6 @@
 """People in the gallery: enrol (`POST /v1/people`), add photos, list, show, rename, remove a person
-or one photo. Every change reaches the audit trail under the caller's key, in its transaction."""
+or one photo. Every change reaches the audit trail under the caller's key, in its transaction; the
+photos are kept beside the gallery and leave with their person (`Gallery.enroll_uploads`)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -20,20 +21,13 @@ ENROL_BODY = photo_body({"photos": "many"}, {"name": {"type": "string", "maxLeng
 
 
 def _enrol(svc, key: ApiKey, name: str, uploads, new_person: bool) -> EnrolResponse:
-    """Keep the photos beside the gallery (an upgrade re-embeds from them), enrol the usable ones
-    in one transaction, and delete the copies the gallery did not take."""
-    kept = [str(svc.kept.keep(upload.data, upload.filename)) for upload in uploads]
     with svc.gallery(actor(key)) as gallery:
-        try:
-            report = gallery.enroll(name, kept, kept, new_person=new_person)
-        finally:
-            svc.kept.discard(kept, gallery.store.sources())
-    shown = {path: upload.filename for path, upload in zip(kept, uploads)}  # the client's file names
-    rejected = [Rejection(photo=shown[s], reason=why.replace(s, shown[s])) for s, why in report.rejected]
+        report = gallery.enroll_uploads(name, [(u.filename, u.data) for u in uploads], new_person)
+    rejected = [Rejection(photo=photo, reason=why) for photo, why in report.rejected]
     if not report.added:
         raise ApiError(422, "no photo could be enrolled: " + "; ".join(f"{r.photo}: {r.reason}" for r in rejected),
                        kind="NoUsablePhoto")
-    return EnrolResponse(name=report.name, added=[shown[s] for s in report.added], rejected=rejected)
+    return EnrolResponse(name=report.name, added=report.added, rejected=rejected)
 
 
 async def _photos_request(request: Request, key: ApiKey, name: str | None, new_person: bool) -> EnrolResponse:
@@ -103,8 +97,7 @@ async def remove_person(name: str, request: Request, key: ApiKey = Depends(requi
 
     def change():
         with svc.gallery(actor(key)) as gallery:
-            sources = gallery.remove(identity_name(name))
-            svc.kept.discard(sources, gallery.store.sources())
+            gallery.remove(identity_name(name))
 
     await run_in_threadpool(change)
     return Response(status_code=204)
@@ -118,8 +111,7 @@ async def remove_photo(name: str, photo_id: int, request: Request,
 
     def change():
         with svc.gallery(actor(key)) as gallery:
-            source = gallery.remove_image(photo_id, identity_name(name))
-            svc.kept.discard([source], gallery.store.sources())
+            gallery.remove_image(photo_id, identity_name(name))
 
     await run_in_threadpool(change)
     return Response(status_code=204)

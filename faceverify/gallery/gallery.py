@@ -19,6 +19,7 @@ from ..pipeline import BATCH_IMAGES, decode_ahead
 from ..verifier import FaceEmbedding
 from .audit import AuditEntry
 from .backends import open_store
+from .kept_photos import KeptPhotos, default_folder
 from .names import identity_name
 from .photos import default_threshold, enrolment_photo, groups, image_digest
 
@@ -108,13 +109,14 @@ class Gallery:
     stored in a new gallery; given for an existing one, they apply to this session only. A model
     without an all-pairs ROC falls back to its FAR = 1e-2 pairs threshold. Every enrolment, rename,
     removal and identification reaches the audit trail (`audit`) credited to `actor` (default:
-    `local:<user>`; the API names its key, the UI its user).
+    `local:<user>`; the API names its key, the UI its user). Photos received as bytes are kept in
+    `photos` (default: beside the gallery, `kept_photos`) and leave with their person.
     """
 
     def __init__(self, path: str | Path, verifier, threshold: float | None = None,
                  index: str = "auto", quality: QualityGate | None = None,
                  busy_timeout_s: float = 10.0, create: bool = True, target_fpir: float | None = None,
-                 actor: str | None = None):
+                 actor: str | None = None, photos: str | Path | None = None):
         self.verifier = verifier
         meta = verifier.metadata
         self.roc = meta.gallery_roc
@@ -122,6 +124,7 @@ class Gallery:
         stored_fpir = target_fpir or (DEFAULT_FPIR if threshold is None and self.roc else None)
         self.store = open_store(path, verifier.fingerprint, meta.embedding_dim, fixed,
                                 busy_timeout_s, create, stored_fpir, actor=actor)
+        self.kept = KeptPhotos(photos or default_folder(path))
         self.pinned, self.target_fpir = threshold, target_fpir
         self.index_kind, self.quality = index, quality or QualityGate()
         if self.quality.min_quality is None and verifier.quality_model is not None:
@@ -175,6 +178,20 @@ class Gallery:
             raise ValueError(f"{len(images)} images but {len(sources)} sources")
         (report,) = self._enroll_people([(name, images, sources)], new_person)
         return report
+
+    def enroll_uploads(self, name: str, uploads: Sequence[tuple[str, bytes]],
+                       new_person: bool | None = None) -> EnrollReport:
+        """`enroll` photos received as (file name, bytes), e.g. by a server: each kept beside the
+        gallery as its source (an upgrade re-embeds from it), the copies the gallery did not take
+        deleted; the report names the photos by their file names."""
+        kept = [str(self.kept.keep(data, filename)) for filename, data in uploads]
+        try:
+            report = self.enroll(name, kept, kept, new_person)
+        finally:
+            self.kept.discard(kept, self.store.has_source)
+        shown = {path: filename for path, (filename, _) in zip(kept, uploads)}
+        return EnrollReport(report.name, [shown[s] for s in report.added],
+                            [(shown[s], why.replace(s, shown[s])) for s, why in report.rejected])
 
     def enroll_dataset(self, source: str | Path, progress: bool = True) -> list[EnrollReport]:
         """Enroll every identity of a folder tree (`root/<name>/*.jpg`) or a manifest.csv: people
@@ -312,13 +329,14 @@ class Gallery:
     def rename(self, old: str, new: str) -> None:
         self.store.rename(old, new)
 
-    def remove(self, name: str) -> list[str]:
-        """Remove a person (their embeddings, thumbnails, template); returns their photos' sources."""
-        return self.store.remove_identity(name)
+    def remove(self, name: str) -> None:
+        """Remove a person: their embeddings, thumbnails, template and the copies of their photos
+        kept beside the gallery (never a file enrolled from elsewhere); the audit line stays."""
+        self.kept.discard(self.store.remove_identity(name), self.store.has_source)
 
-    def remove_image(self, image_id: int, name: str | None = None) -> str:
-        """Remove one photo (of `name`, when given); returns its source."""
-        return self.store.remove_image(image_id, name)
+    def remove_image(self, image_id: int, name: str | None = None) -> None:
+        """Remove one photo (of `name`, when given), and its kept copy."""
+        self.kept.discard([self.store.remove_image(image_id, name)], self.store.has_source)
 
     def export(self, path: str | Path) -> int:
         """Write every image's embedding and quality data to a portable .npz (no pickle)."""

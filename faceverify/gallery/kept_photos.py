@@ -43,11 +43,11 @@ class KeptPhotos:
         """Is `source` one of this folder's copies (never a file enrolled from elsewhere)?"""
         return Path(source).resolve().parent == self.folder
 
-    def discard(self, sources, held: set[str]) -> None:
-        """Delete the copies among `sources` that no image of the gallery holds (`held`: the
-        gallery's sources): rejected photos, a failed enrolment, a removed person."""
-        for source in set(map(str, sources)) - held:
-            if self.holds(source):
+    def discard(self, sources, held) -> None:
+        """Delete the copies among `sources` that no image of the gallery holds (`held(source)`:
+        does one?): rejected photos, a failed enrolment, a removed person."""
+        for source in set(map(str, sources)):
+            if self.holds(source) and not held(source):
                 Path(source).unlink(missing_ok=True)
 
     def prune(self, held: set[str], min_age_s: float = 3600) -> int:

@@ -202,6 +202,9 @@ class GalleryStore(UpgradeStaging, AuditTrail, KeyTable, ABC):
                         self.path, str(exc).splitlines()[0])
             return "quality" in self._columns("images")
 
+    def has_source(self, source: str) -> bool:
+        return self._execute("SELECT 1 FROM images WHERE source = ? LIMIT 1", (str(source),)).fetchone() is not None
+
     def sources(self) -> set[str]:
         """Where every enrolled image came from (a resumed bulk enrolment skips these)."""
         return {r[0] for r in self._execute("SELECT source FROM images").fetchall()}
