@@ -140,17 +140,23 @@ def test_command_line_takes_either_location(location):
     assert cli("identify", lfw("Aaron_Peirsol", 3)).stdout.split(": ")[1].startswith("Aaron Peirsol")
 
 
-def test_a_gallery_made_before_per_face_quality_gains_its_column(location, verifier):
-    """A gallery whose images table has no `quality` column (as faceverify made them before) is
-    migrated on opening: old photos read back without a score, new ones with theirs."""
+def test_a_gallery_made_by_an_earlier_version_is_brought_up_to_date(location, verifier):
+    """A gallery without the `quality` column, the audit trail and the key table (as faceverify
+    made them before) is migrated on opening: old photos read back without a score, new ones with
+    theirs; changes from then on reach a new, append-only audit trail."""
     with Gallery(location, verifier) as gallery:
         gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"][:1])
-        gallery.store._execute("ALTER TABLE images DROP COLUMN quality")
+        for statement in ("ALTER TABLE images DROP COLUMN quality", "DROP TABLE audit", "DROP TABLE api_keys"):
+            gallery.store._execute(statement)
     with Gallery(location, verifier) as gallery:
         assert gallery.store.has_quality
         gallery.enroll("Aaron Peirsol", PEOPLE["Aaron Peirsol"][1:])
         old, new = gallery.show("Aaron Peirsol")
         assert old["quality"] is None and 0.84 <= new["quality"] <= 1
+        assert [e.outcome for e in gallery.store.audit_entries()] == ["added 1 photo(s)"]
+        assert gallery.store.api_keys() == []
+        with pytest.raises(Exception, match="append-only"):
+            gallery.store._execute("DELETE FROM audit")
 
 
 def test_audit_trail_follows_every_change_and_survives_removal(location, verifier, tmp_path):
