@@ -28,8 +28,9 @@ def test_wheel_is_lean_and_carries_its_model(wheel):
     assert {f"faceverify/weights/mtcnn/{n}.onnx" for n in ("pnet", "rnet", "onet")} <= set(names)
     assert {"faceverify/weights/retinaface/retinaface_mv1_0.25.onnx",
             "faceverify/weights/yunet/face_detection_yunet_2023mar_int8bq.onnx"} <= set(names)
-    assert not any(n.startswith("app/") for n in names)  # the UI installs as faceverify_app
-    assert "faceverify_app/main.py" in names
+    assert not any(n.startswith(("app/", "api/")) for n in names)  # installed as faceverify_app, faceverify_api
+    assert {"faceverify_app/main.py", "faceverify_api/main.py", "faceverify_api/routers/people.py",
+            "faceverify/access/keys.py", "faceverify/gallery/sqlite_store.py"} <= set(names)
     assert wheel.stat().st_size < 50 << 20
 
 
@@ -60,3 +61,9 @@ def test_torch_free_install_verifies_from_outside_the_checkout(wheel, tmp_path):
     serve = subprocess.run([cli, "serve"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert serve.returncode == 2
     assert serve.stderr.strip() == "faceverify: error: the web UI needs Gradio: pip install 'faceverify[app]'"
+    rest = subprocess.run([cli, "api"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert rest.returncode == 2, rest.stderr[-2000:]
+    assert rest.stderr.strip() == "faceverify: error: the API needs FastAPI and uvicorn: pip install 'faceverify[api]'"
+    key = subprocess.run([cli, "keys", "add", "reception", "--scope", "verify", "--gallery", "g.db"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)  # keys need no server stack
+    assert key.returncode == 0 and key.stdout.startswith("fvk_"), key.stderr[-2000:]
