@@ -18,7 +18,8 @@ def add_api_command(sub, model_args) -> None:
     p.add_argument("--gallery", default=DEFAULT_GALLERY, help="SQLite gallery file, or a postgresql:// URL")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=DEFAULTS.workers, help="inference threads")
+    p.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                   help=f"inference threads (default: twice the cores, at most 8: {DEFAULTS.workers} here)")
     p.add_argument("--queue", type=int, default=DEFAULTS.queue,
                    help="requests that may wait for a worker; beyond that 503 with Retry-After")
     p.add_argument("--rate", type=float, default=DEFAULTS.rate, help="requests a second per key (429 beyond)")

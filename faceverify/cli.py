@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -743,6 +744,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("faceverify: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`faceverify gallery audit | head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
