@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,8 @@ from .onnx_graph import prelu_as_relu
 from .models import Ensemble, load_checkpoint
 from .models.ensemble import kind
 from .runtime import METADATA_KEY
+from .torch_onnx import export_module, torch_to_onnx
 
-OPSET = 18  # onnxruntime >= 1.20 runs it; the dynamo exporter's lowest well-supported opset
 MTCNN_STAGES = {"pnet": (3, 12, 12), "rnet": (3, 24, 24), "onet": (3, 48, 48)}
 PRECISIONS = ("fp32", "fp16")
 
@@ -68,17 +67,6 @@ def export_embedder(checkpoint: str | Path, out: str | Path, input_dtype: str = 
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out))
     return metadata
-
-
-def torch_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str = "image",
-                  output_name: str = "embedding"):
-    """A module taking one tensor as an in-memory ONNX model (dynamic batch)."""
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        _export(module, example, path, [input_name], [output_name], {input_name: {0: "batch"}})
-        return onnx.load(str(path))
 
 
 def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bool = False):
@@ -185,21 +173,13 @@ def export_mtcnn(out_dir: str | Path) -> list[Path]:
         dynamic = {0: "batch", 2: "height", 3: "width"} if name == "pnet" else {0: "batch"}
         example = torch.zeros(2, *shape) if name != "pnet" else torch.zeros(1, 3, 40, 52)
         path = out_dir / f"{name}.onnx"
-        _export(net, example, path, ["image"], outputs, {"image": dynamic})
+        export_module(net, example, path, ["image"], outputs, {"image": dynamic})
         proto = onnx.load(str(path))
         _set_metadata(proto, {"stage": name, "source": "facenet-pytorch MTCNN weights"})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
         paths.append(path)
     return paths
-
-
-def _export(module, example, out, input_names, output_names, dynamic_axes) -> None:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(module, (example,), str(out), input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes,
-                          opset_version=OPSET, dynamo=False)
 
 
 def _set_metadata(proto, metadata: dict) -> None:

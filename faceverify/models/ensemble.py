@@ -153,7 +153,7 @@ class _DlibKind:
     @staticmethod
     def onnx_graph(network: nn.Module, size: int):
         """The member as ONNX: (N, 3, size, size) float 0..255 → its raw embedding."""
-        from ..export import torch_to_onnx
+        from ..torch_onnx import torch_to_onnx
 
         return torch_to_onnx(network.eval(), torch.zeros(2, 3, size, size))
 

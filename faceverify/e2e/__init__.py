@@ -1,0 +1,2 @@
+"""The end-to-end ONNX model, photo to embedding in one graph, built from one module per stage
+(`warp`: landmarks → template crop), each mirroring the library function it replaces."""

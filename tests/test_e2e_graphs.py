@@ -1,0 +1,63 @@
+"""The graph builders of the end-to-end ONNX model, each against the library function it mirrors,
+run by onnxruntime on landmarks RetinaFace found in real photos."""
+import numpy as np
+import pytest
+
+from .conftest import lfw
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """(photo, five landmarks) of 24 LFW photos, as the bundled model's detector finds them."""
+    from faceverify import load_rgb
+    from faceverify.detect.registry import create_detector
+
+    detector = create_detector("retinaface", torch_free=True)
+    people = ("Aaron_Peirsol", "Abdullah_Gul", "Hugo_Chavez", "Colin_Powell", "Serena_Williams", "Tony_Blair")
+    photos = [load_rgb(lfw(person, i)) for person in people for i in (1, 2, 3, 4)]
+    return [(rgb, found[0].landmarks.astype(np.float32)) for rgb, found in zip(photos, detector.detect(photos))]
+
+
+def least_squares_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Brute force: solve [x -y 1 0; y x 0 1] [a b tx ty]ᵀ = dst for all five points."""
+    rows, targets = [], []
+    for (x, y), (u, v) in zip(src, dst):
+        rows += [[x, -y, 1, 0], [y, x, 0, 1]]
+        targets += [u, v]
+    a, b, tx, ty = np.linalg.lstsq(np.array(rows, np.float64), np.array(targets, np.float64), rcond=None)[0]
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+@pytest.mark.parametrize("template_name", ["arcface-112", "dlib-150"])
+def test_warp_graph_is_cv2s_warp_of_the_least_squares_similarity(faces, template_name):
+    import cv2
+    import onnxruntime as ort
+
+    from faceverify.align import TEMPLATES
+    from faceverify.e2e.warp import warp_model
+
+    template = TEMPLATES[template_name]
+    session = ort.InferenceSession(warp_model(template).SerializeToString(), providers=["CPUExecutionProvider"])
+    for rgb, landmarks in faces:
+        crop, matrix = session.run(None, {"image": rgb, "landmarks": landmarks})
+        expected = least_squares_similarity(landmarks, template.points)
+        assert np.abs(matrix - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+        reference = cv2.warpAffine(rgb, expected.astype(np.float32), (template.size, template.size),
+                                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # cv2 interpolates with 5-bit fixed-point weights: one grey level apart at most
+        assert np.abs(crop.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_warp_graph_replicates_borders_for_faces_at_the_edge(faces):
+    import cv2
+    import onnxruntime as ort
+
+    from faceverify.align import ARCFACE_112
+    from faceverify.e2e.warp import warp_model
+
+    rgb, landmarks = faces[0]
+    corner = np.ascontiguousarray(rgb[: rgb.shape[0] // 2 + 20, : rgb.shape[1] // 2 + 20])  # the face half cut off
+    session = ort.InferenceSession(warp_model(ARCFACE_112).SerializeToString(), providers=["CPUExecutionProvider"])
+    crop, matrix = session.run(None, {"image": corner, "landmarks": landmarks})
+    reference = cv2.warpAffine(corner, matrix, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    assert np.abs(crop.astype(int) - reference.astype(int)).max() <= 1
