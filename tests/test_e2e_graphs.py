@@ -61,3 +61,32 @@ def test_warp_graph_replicates_borders_for_faces_at_the_edge(faces):
     crop, matrix = session.run(None, {"image": corner, "landmarks": landmarks})
     reference = cv2.warpAffine(corner, matrix, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     assert np.abs(crop.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_decoding_graph_keeps_the_faces_the_library_keeps():
+    """The same boxes, scores and landmarks, in the same order, from the network's outputs for
+    single photos and for pairs of photos side by side (two faces, and the bystanders)."""
+    import onnxruntime as ort
+
+    from faceverify import load_rgb
+    from faceverify.detect.retinaface import RetinaFace
+    from faceverify.e2e.detection import decoding_model
+
+    network = RetinaFace()
+    photos = [load_rgb(lfw(person, i)) for person in ("Colin_Powell", "Tony_Blair", "Serena_Williams") for i in (1, 2, 3)]
+    pairs = [np.concatenate([a, b], axis=1) for a, b in zip(photos[:-1], photos[1:])]
+    found = 0
+    for batch in (photos, pairs):
+        height, width = batch[0].shape[:2]
+        session = ort.InferenceSession(decoding_model(height, width).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        for image in batch:
+            loc, conf, landmarks = network.network_outputs(image[None])
+            boxes, scores, points, count = session.run(None, {"loc": loc, "conf": conf, "landmarks": landmarks})
+            expected_boxes, expected_scores, expected_points = network._detections(image[None])[0]
+            assert count[0] == len(expected_boxes) == len(boxes)
+            np.testing.assert_allclose(boxes, expected_boxes, atol=1e-3)
+            np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+            np.testing.assert_allclose(points, expected_points, atol=1e-3)
+            found += int(count[0])
+    assert found >= len(photos) + 2 * len(pairs)

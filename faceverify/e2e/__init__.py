@@ -1,2 +1,3 @@
 """The end-to-end ONNX model, photo to embedding in one graph, built from one module per stage
-(`warp`: landmarks → template crop), each mirroring the library function it replaces."""
+(`detection`: RetinaFace's decoding and NMS; `warp`: landmarks → template crop), each mirroring
+the library function it replaces."""

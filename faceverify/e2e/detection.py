@@ -1,0 +1,83 @@
+"""RetinaFace's post-processing as ONNX nodes: the network's per-anchor deltas decoded on the
+anchors of a fixed input size (`detect.retinaface.priors`, constants of the graph), faces below
+the score threshold dropped, greedy non-maximum suppression (NonMaxSuppression, IoU as torchvision
+and OpenCV count it), best first. It mirrors `RetinaFace._detections` (`decode` and `nms`); the
+test compares them on the network's outputs for real photos.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..detect.retinaface import CENTRE_VARIANCE, NMS_IOU, SIZE_VARIANCE, RetinaFace, priors
+from .warp import OPSET, Nodes
+
+#: faces a photo may yield at most (the graph's NonMaxSuppression output bound)
+MAX_FACES = 64
+
+
+def _columns(g: Nodes, tensor: str, start: int, stop: int, name: str) -> str:
+    """tensor[..., start:stop] of a (N, K) tensor."""
+    return g.op("Slice", [tensor, g.const(f"{name}_from", np.array([start], np.int64)),
+                          g.const(f"{name}_to", np.array([stop], np.int64)),
+                          g.const(f"{name}_axis", np.array([1], np.int64))], name)
+
+
+def decoded_faces(g: Nodes, loc: str, conf: str, landmarks: str, height: int, width: int,
+                  min_score: float = RetinaFace.default_min_score, iou: float = NMS_IOU,
+                  max_faces: int = MAX_FACES) -> tuple[str, str, str, str]:
+    """(boxes (K, 4) x1 y1 x2 y2, scores (K,), landmarks (K, 5, 2), K as a (1,) int64) of the faces
+    the network found in a `height` × `width` input, best first; `loc`, `conf`, `landmarks`: its
+    outputs for one image, (1, N, 4), (1, N, 2), (1, N, 10)."""
+    anchors = priors(height, width).astype(np.float32)
+    centre, size = g.const("anchor_centre", anchors[:, :2]), g.const("anchor_size", anchors[:, 2:])
+    squeeze0 = g.const("axis0", np.array([0], np.int64))
+    loc2 = g.op("Squeeze", [loc, squeeze0], "loc2")  # (N, 4)
+    box_centre = g.op("Add", [centre, g.op("Mul", [g.op("Mul", [_columns(g, loc2, 0, 2, "loc_xy"), size], "loc_px"),
+                                                    g.const("centre_var", np.float32(CENTRE_VARIANCE))], "shift")],
+                      "box_centre")
+    box_size = g.op("Mul", [size, g.op("Exp", [g.op("Mul", [_columns(g, loc2, 2, 4, "loc_wh"),
+                                                            g.const("size_var", np.float32(SIZE_VARIANCE))], "log_wh")],
+                                       "wh_ratio")], "box_size")
+    half = g.op("Mul", [box_size, g.const("half", np.float32(0.5))], "half_size")
+    boxes = g.op("Concat", [g.op("Sub", [box_centre, half], "top_left"), g.op("Add", [box_centre, half], "bottom_right")],
+                 "boxes", axis=1)  # (N, 4)
+    points = g.op("Reshape", [g.op("Squeeze", [landmarks, g.const("axis0b", np.array([0], np.int64))], "lm2"),
+                              g.const("points_shape", np.array([-1, 5, 2], np.int64))], "lm_deltas")
+    unsqueeze1 = g.const("axis1", np.array([1], np.int64))
+    points = g.op("Add", [g.op("Unsqueeze", [centre, unsqueeze1], "centre_1"),
+                          g.op("Mul", [g.op("Mul", [points, g.op("Unsqueeze", [size, g.const("axis1b", np.array([1], np.int64))],
+                                                                  "size_1")], "lm_px"),
+                                       g.const("lm_var", np.float32(CENTRE_VARIANCE))], "lm_shift")], "points")
+    scores = g.op("Gather", [g.op("Squeeze", [conf, g.const("axis0c", np.array([0], np.int64))], "conf2"),
+                             g.const("face_column", np.int64(1))], "scores", axis=1)  # (N,)
+    # NonMaxSuppression keeps scores above its threshold; the library keeps those at or above it
+    threshold = float(np.nextafter(np.float32(min_score), np.float32(-np.inf)))
+    selected = g.op("NonMaxSuppression", [
+        g.op("Unsqueeze", [boxes, g.const("axis0d", np.array([0], np.int64))], "boxes_b"),
+        g.op("Reshape", [scores, g.const("scores_shape", np.array([1, 1, -1], np.int64))], "scores_bc"),
+        g.const("max_faces", np.array([max_faces], np.int64)), g.const("iou", np.array([iou], np.float32)),
+        g.const("min_score", np.array([threshold], np.float32))], "selected", center_point_box=0)
+    kept = g.op("Squeeze", [_columns(g, selected, 2, 3, "selected_index"), unsqueeze1], "kept")
+    count = g.op("Shape", [kept], "count")
+    return (g.op("Gather", [boxes, kept], "face_boxes", axis=0), g.op("Gather", [scores, kept], "face_scores", axis=0),
+            g.op("Gather", [points, kept], "face_points", axis=0), count)
+
+
+def decoding_model(height: int, width: int, min_score: float = RetinaFace.default_min_score):
+    """The post-processing alone, for tests: RetinaFace's three outputs for one `height` × `width`
+    image in, `boxes`, `scores`, `landmarks`, `count` out."""
+    g = Nodes("faces")
+    anchors = len(priors(height, width))
+    inputs = [helper.make_tensor_value_info("loc", TensorProto.FLOAT, [1, anchors, 4]),
+              helper.make_tensor_value_info("conf", TensorProto.FLOAT, [1, anchors, 2]),
+              helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, [1, anchors, 10])]
+    found = decoded_faces(g, "loc", "conf", "landmarks", height, width, min_score)
+    names = ("boxes", "scores", "points", "count")
+    g.nodes += [helper.make_node("Identity", [value], [name]) for value, name in zip(found, names)]
+    outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["faces", 4]),
+               helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["faces"]),
+               helper.make_tensor_value_info("points", TensorProto.FLOAT, ["faces", 5, 2]),
+               helper.make_tensor_value_info("count", TensorProto.INT64, [1])]
+    graph = helper.make_graph(g.nodes, "faceverify_retinaface_decoding", inputs, outputs, g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceverify")
