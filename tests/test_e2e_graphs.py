@@ -18,46 +18,71 @@ def faces():
     return [(rgb, found[0].landmarks.astype(np.float32)) for rgb, found in zip(photos, detector.detect(photos))]
 
 
-def least_squares_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Brute force: solve [x -y 1 0; y x 0 1] [a b tx ty]ᵀ = dst for all five points."""
+def lmeds_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Brute force of OpenCV's LMedS rule: every two-point similarity, the least median of squared
+    errors, its inliers, then least squares over them (np.linalg.lstsq)."""
+    import itertools
+
+    best = None
+    for i, j in itertools.combinations(range(5), 2):
+        z = complex(*(dst[j] - dst[i])) / complex(*(src[j] - src[i]))
+        t = complex(*dst[i]) - z * complex(*src[i])
+        errors = np.array([abs(z * complex(*s) + t - complex(*d)) ** 2 for s, d in zip(src, dst)])
+        if best is None or np.median(errors) < best[0]:
+            best = (np.median(errors), errors)
+    bound = max(2.5 * 1.4826 * (1 + 5 / 3) * np.sqrt(best[0]), 0.001) ** 2
     rows, targets = [], []
-    for (x, y), (u, v) in zip(src, dst):
+    for (x, y), (u, v) in ((s, d) for s, d, e in zip(src, dst, best[1]) if e <= bound):
         rows += [[x, -y, 1, 0], [y, x, 0, 1]]
         targets += [u, v]
     a, b, tx, ty = np.linalg.lstsq(np.array(rows, np.float64), np.array(targets, np.float64), rcond=None)[0]
     return np.array([[a, -b, tx], [b, a, ty]])
 
 
-@pytest.mark.parametrize("template_name", ["arcface-112", "dlib-150"])
-def test_warp_graph_is_cv2s_warp_of_the_least_squares_similarity(faces, template_name):
-    import cv2
+def warp_session(template):
     import onnxruntime as ort
 
-    from faceverify.align import TEMPLATES
     from faceverify.e2e.warp import warp_model
 
+    return ort.InferenceSession(warp_model(template).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("template_name", ["arcface-112", "dlib-150"])
+def test_warp_graph_aligns_as_the_library_does(faces, template_name):
+    from faceverify.align import TEMPLATES, align_face, estimate_transform
+
     template = TEMPLATES[template_name]
-    session = ort.InferenceSession(warp_model(template).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = warp_session(template)
     for rgb, landmarks in faces:
         crop, matrix = session.run(None, {"image": rgb, "landmarks": landmarks})
-        expected = least_squares_similarity(landmarks, template.points)
+        expected = estimate_transform(landmarks, template.points)
         assert np.abs(matrix - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
-        reference = cv2.warpAffine(rgb, expected.astype(np.float32), (template.size, template.size),
-                                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         # cv2 interpolates with 5-bit fixed-point weights: one grey level apart at most
-        assert np.abs(crop.astype(int) - reference.astype(int)).max() <= 1
+        assert np.abs(crop.astype(int) - align_face(rgb, landmarks, template).astype(int)).max() <= 1
+
+
+def test_warp_graph_leaves_out_a_stray_landmark_as_lmeds_does(faces):
+    """One landmark thrown 15 px off: least squares over all five would follow it; the graph, the
+    brute-force LMedS rule and OpenCV all fit the other four."""
+    from faceverify.align import ARCFACE_112, estimate_transform
+
+    session = warp_session(ARCFACE_112)
+    for (rgb, landmarks), point in zip(faces[:10], range(10)):
+        moved = landmarks.copy()
+        moved[point % 5] += (15.0, -9.0)
+        _, matrix = session.run(None, {"image": rgb, "landmarks": moved})
+        np.testing.assert_allclose(matrix, lmeds_similarity(moved.astype(np.float64), ARCFACE_112.points), atol=2e-3)
+        np.testing.assert_allclose(matrix, estimate_transform(moved, ARCFACE_112.points), atol=2e-3)
 
 
 def test_warp_graph_replicates_borders_for_faces_at_the_edge(faces):
     import cv2
-    import onnxruntime as ort
 
     from faceverify.align import ARCFACE_112
-    from faceverify.e2e.warp import warp_model
 
     rgb, landmarks = faces[0]
     corner = np.ascontiguousarray(rgb[: rgb.shape[0] // 2 + 20, : rgb.shape[1] // 2 + 20])  # the face half cut off
-    session = ort.InferenceSession(warp_model(ARCFACE_112).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = warp_session(ARCFACE_112)
     crop, matrix = session.run(None, {"image": corner, "landmarks": landmarks})
     reference = cv2.warpAffine(corner, matrix, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     assert np.abs(crop.astype(int) - reference.astype(int)).max() <= 1
