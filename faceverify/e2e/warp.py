@@ -14,24 +14,33 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..align import Template
 
-#: GridSample with padding_mode "border" needs opset 16
-OPSET = 18
+#: the embedder's opset (GridSample's bilinear mode is called "linear" from opset 20)
+OPSET = 21
 
 
 class Nodes:
-    """Nodes and constants of one graph under construction, each name prefixed with `scope`."""
+    """Nodes and constants of one graph under construction, each name prefixed with `scope` (and
+    numbered when a builder reuses a name: stages are written independently)."""
 
     def __init__(self, scope: str):
-        self.scope, self.nodes, self.initializers = scope, [], []
+        self.scope, self.nodes, self.initializers, self._used = scope, [], [], set()
+
+    def _name(self, name: str) -> str:
+        out, number = f"{self.scope}/{name}", 1
+        while out in self._used:
+            number += 1
+            out = f"{self.scope}/{name}_{number}"
+        self._used.add(out)
+        return out
 
     def const(self, name: str, value) -> str:
-        name = f"{self.scope}/{name}"
+        name = self._name(name)
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def op(self, kind: str, inputs: list[str], name: str, outputs: int = 1, **attributes) -> str:
         """The node's (first) output; a node of several outputs names the others `name:1`, ..."""
-        out = f"{self.scope}/{name}"
+        out = self._name(name)
         names = [out] + [f"{out}:{i}" for i in range(1, outputs)]
         self.nodes.append(helper.make_node(kind, inputs, names, name=out, **attributes))
         return out
@@ -152,7 +161,7 @@ def warp(g: Nodes, image_nchw: str, height: str, width: str, matrix: str, shift:
     normalised = g.op("Sub", [g.op("Div", [g.op("Mul", [source, g.const("two", np.float32(2.0))], "twice"), span],
                                    "scaled"), g.const("one_b", np.float32(1.0))], "normalised")
     grid_4d = g.op("Reshape", [normalised, g.const("grid_shape", np.array([1, size, size, 2], np.int64))], "grid")
-    return g.op("GridSample", [image_nchw, grid_4d], "crop", mode="bilinear", padding_mode="border", align_corners=1)
+    return g.op("GridSample", [image_nchw, grid_4d], "crop", mode="linear", padding_mode="border", align_corners=1)
 
 
 def warp_model(template: Template):

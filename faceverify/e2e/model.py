@@ -1,0 +1,144 @@
+"""The end-to-end model: one ONNX graph from a photo to its face's embedding.
+
+Input `image`: (H, W, 3) uint8 RGB, any size; `face_policy`: (1,) int64, 0 the largest face, 1
+the one nearest the centre. Inside: the photo shrunk (never enlarged) to fit `CANVAS` × `CANVAS`
+and padded to it, RetinaFace and its decoding (`detection`), the face chosen, the similarity onto
+each member's template and the warp from the full-resolution photo (`warp`), then the model's own
+ONNX embedder (members and fusion as `export.ensemble_graph` built them). Outputs: `embedding`
+(D,), `box` (4,) x1 y1 x2 y2, `score` (), `landmarks` (5, 2) in the photo's pixels, and
+`faces_found` (1,): with no face, 0 and a zero embedding. The embedder's metadata (thresholds,
+templates, members, licences) is copied into `metadata_props`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, version_converter
+
+from ..align import ARCFACE_112, Template
+from ..detect.retinaface import MEAN_BGR, RetinaFace
+from ..runtime import METADATA_KEY
+from .detection import decoded_faces
+from .warp import OPSET, Nodes, similarity_transform, warp
+
+#: the detector's input: photos are shrunk to fit and padded (RetinaFace's anchors are constants)
+CANVAS = 640
+LARGEST, CENTRAL = 0, 1
+
+
+def _subgraph(model: onnx.ModelProto, prefix: str) -> onnx.GraphProto:
+    model = version_converter.convert_version(model, OPSET) if model.opset_import[0].version != OPSET else model
+    return compose.add_prefix(model, prefix).graph
+
+
+def _preprocess(g: Nodes, height: str, width: str) -> tuple[str, str, str]:
+    """(the photo as (1, 3, H, W) float RGB, RetinaFace's (1, 3, CANVAS, CANVAS) input, the factor
+    from canvas pixels back to the photo's)."""
+    rgb = g.op("Unsqueeze", [g.op("Transpose", [g.op("Cast", ["image"], "float", to=TensorProto.FLOAT)], "chw", perm=[2, 0, 1]),
+                             g.const("batch", np.array([0], np.int64))], "nchw")
+    longest = g.op("Max", [height, width], "longest")
+    scale = g.op("Min", [g.op("Div", [g.const("canvas_f", np.float32(CANVAS)), longest], "fit"),
+                         g.const("one", np.float32(1.0))], "scale")  # shrink to fit, never enlarge
+    sizes = g.op("Cast", [g.op("Round", [g.op("Mul", [g.op("Concat", [g.op("Unsqueeze", [v, g.const(f"ax_{n}", np.array([0], np.int64))], f"{n}1")
+                                                                       for n, v in (("h", height), ("w", width))], "hw", axis=0),
+                                                      scale], "scaled_hw")], "rounded_hw")], "hw_int", to=TensorProto.INT64)
+    shrunk = g.op("Resize", [rgb, "", "", g.op("Concat", [g.const("nc", np.array([1, 3], np.int64)), sizes], "resize_to", axis=0)],
+                  "shrunk", mode="linear", antialias=1)
+    bgr = g.op("Sub", [g.op("Gather", [shrunk, g.const("bgr_order", np.array([2, 1, 0], np.int64))], "bgr", axis=1),
+                       g.const("mean", MEAN_BGR.reshape(1, 3, 1, 1))], "centred")
+    missing = g.op("Sub", [g.const("canvas_i", np.array([CANVAS, CANVAS], np.int64)), sizes], "missing")
+    pads = g.op("Concat", [g.const("pad_before", np.zeros(4, np.int64)), g.const("pad_nc", np.zeros(2, np.int64)), missing],
+                "pads", axis=0)  # N C H W begin, then N C H W end: bottom and right only
+    canvas = g.op("Pad", [bgr, pads], "canvas", mode="constant")  # 0: the mean colour
+    return rgb, canvas, g.op("Div", [g.const("one_b", np.float32(1.0)), scale], "to_photo")
+
+
+def _choose(g: Nodes, boxes: str, scores: str, points: str, height: str, width: str) -> tuple[str, str, str]:
+    """The face `face_policy` picks (a zero face when there is none: it loses to any real one)."""
+    boxes = g.op("Concat", [boxes, g.const("no_box", np.zeros((1, 4), np.float32))], "boxes_or_none", axis=0)
+    scores = g.op("Concat", [scores, g.const("no_score", np.zeros(1, np.float32))], "scores_or_none", axis=0)
+    # the stand-in's landmarks are a template's: its warp stays finite (its embedding is discarded)
+    points = g.op("Concat", [points, g.const("no_points", ARCFACE_112.points[None])], "points_or_none", axis=0)
+    x1, y1, x2, y2 = (g.op("Gather", [boxes, g.const(f"col{i}", np.int64(i))], f"b{i}", axis=1) for i in range(4))
+    area = g.op("Mul", [g.op("Sub", [x2, x1], "bw"), g.op("Sub", [y2, y1], "bh")], "area")
+    half = g.const("half", np.float32(0.5))
+    dx = g.op("Sub", [g.op("Mul", [g.op("Add", [x1, x2], "sx"), half], "cx"), g.op("Mul", [width, half], "mid_x")], "dx")
+    dy = g.op("Sub", [g.op("Mul", [g.op("Add", [y1, y2], "sy"), half], "cy"), g.op("Mul", [height, half], "mid_y")], "dy")
+    real = g.op("Greater", [scores, g.const("zero", np.float32(0.0))], "real")
+    distance = g.op("Where", [real, g.op("Add", [g.op("Mul", [dx, dx], "dx2"), g.op("Mul", [dy, dy], "dy2")], "d2"),
+                              g.const("far", np.float32(3e38))], "distance")
+    largest = g.op("ArgMax", [g.op("Where", [real, area, g.const("none_area", np.float32(-1.0))], "areas")], "largest",
+                   axis=0, keepdims=1)
+    central = g.op("ArgMin", [distance], "central", axis=0, keepdims=1)
+    chosen = g.op("Where", [g.op("Equal", ["face_policy", g.const("central_flag", np.array([CENTRAL], np.int64))],
+                                 "wants_central"), central, largest], "chosen")
+    squeeze = g.const("squeeze0", np.array([0], np.int64))
+    pick = lambda v, n: g.op("Squeeze", [g.op("Gather", [v, chosen], f"{n}_1", axis=0), squeeze], n)  # noqa: E731
+    return pick(boxes, "box"), pick(scores, "score"), pick(points, "landmarks")
+
+
+def end_to_end_model(embedder: str | Path, detector: str | Path) -> onnx.ModelProto:
+    """One graph: `detector` (RetinaFace's ONNX file) and `embedder` (a faceverify ONNX model)
+    behind the pre-processing, decoding, choice and warps (see the module docstring)."""
+    from ..runtime import OnnxEmbedder
+
+    metadata = OnnxEmbedder(embedder).metadata
+    if metadata.detector_name != RetinaFace.name:
+        raise ValueError(f"the end-to-end graph holds RetinaFace; {embedder} was calibrated on {metadata.detector_name}")
+    g = Nodes("e2e")
+    shape = g.op("Cast", [g.op("Shape", ["image"], "shape")], "shape_f", to=TensorProto.FLOAT)
+    height = g.op("Gather", [shape, g.const("i0", np.int64(0))], "height", axis=0)
+    width = g.op("Gather", [shape, g.const("i1", np.int64(1))], "width", axis=0)
+    rgb, canvas, to_photo = _preprocess(g, height, width)
+    g.nodes.append(helper.make_node("Identity", [canvas], ["retinaface/input"]))
+    before_detector = len(g.nodes)
+    boxes, scores, points, count = decoded_faces(g, "retinaface/loc", "retinaface/conf", "retinaface/landmarks",
+                                                 CANVAS, CANVAS)
+    boxes = g.op("Mul", [boxes, to_photo], "photo_boxes")
+    points = g.op("Mul", [points, to_photo], "photo_points")
+    box, score, landmarks = _choose(g, boxes, scores, points, height, width)
+    for template in metadata.templates:
+        g.nodes.append(helper.make_node("Identity", [_crop(g, rgb, height, width, landmarks, template)],
+                                        [f"embedder/faces_{template.name.replace('-', '_')}"]))
+    after_embedder = len(g.nodes)
+    found = g.op("Greater", [count, g.const("none", np.array([0], np.int64))], "found")
+    embedding = g.op("Where", [found, g.op("Squeeze", ["embedder/embeddings", g.const("squeeze_e", np.array([0], np.int64))],
+                                          "embedding_row"), g.const("zeros", np.zeros(metadata.embedding_dim, np.float32))],
+                     "embedding_or_zero")
+    names = {embedding: "embedding", box: "box", score: "score", landmarks: "landmarks", count: "faces_found"}
+    outputs = [helper.make_node("Identity", [value], [name]) for value, name in names.items()]
+    detector_graph = _subgraph(onnx.load(str(detector)), "retinaface/")
+    embedder_graph = _subgraph(onnx.load(str(embedder)), "embedder/")
+    # in the order they run: pre-processing, RetinaFace, decoding to crops, the embedder, outputs
+    nodes = (g.nodes[:before_detector] + list(detector_graph.node) + g.nodes[before_detector:after_embedder]
+             + list(embedder_graph.node) + g.nodes[after_embedder:] + outputs)
+    inputs = [helper.make_tensor_value_info("image", TensorProto.UINT8, ["height", "width", 3]),
+              helper.make_tensor_value_info("face_policy", TensorProto.INT64, [1])]
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [metadata.embedding_dim]),
+               helper.make_tensor_value_info("box", TensorProto.FLOAT, [4]),
+               helper.make_tensor_value_info("score", TensorProto.FLOAT, []),
+               helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, [5, 2]),
+               helper.make_tensor_value_info("faces_found", TensorProto.INT64, [1])]
+    graph = helper.make_graph(nodes, "faceverify_end_to_end", inputs, outputs,
+                              list(detector_graph.initializer) + g.initializers + list(embedder_graph.initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceverify")
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps({**metadata.to_dict(), "end_to_end": {
+        "canvas": CANVAS, "face_policy": {"largest": LARGEST, "central": CENTRAL}}})
+    return model
+
+
+def _crop(g: Nodes, rgb: str, height: str, width: str, landmarks: str, template: Template) -> str:
+    """The (1, size, size, 3) uint8 crop the embedder takes for `template`, as `align_face` makes it."""
+    scoped = Nodes(f"e2e/{template.name}")
+    matrix, shift = similarity_transform(scoped, landmarks, template)
+    crop = warp(scoped, rgb, height, width, matrix, shift, template)
+    clipped = scoped.op("Clip", [scoped.op("Round", [crop], "rounded"), scoped.const("lo", np.float32(0)),
+                                 scoped.const("hi", np.float32(255))], "clipped")
+    nhwc = scoped.op("Cast", [scoped.op("Transpose", [clipped], "nhwc_f", perm=[0, 2, 3, 1])], "crop_u8", to=TensorProto.UINT8)
+    g.nodes += scoped.nodes
+    g.initializers += scoped.initializers
+    return nhwc
