@@ -336,17 +336,31 @@ def cmd_calibrate(args) -> int:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (and the MTCNN stages)")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("out", type=Path)
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (and the MTCNN stages), or the "
+                                      "end-to-end graph (photo in, embedding out)")
+    p.add_argument("checkpoint", type=Path, nargs="?")
+    p.add_argument("out", type=Path, nargs="?")
     p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: half-precision weights and activations, for GPUs (float32 embeddings out)")
     p.add_argument("--mtcnn", type=Path, metavar="DIR", help="also export P/R/O-net into DIR")
+    p.add_argument("--end-to-end", type=Path, metavar="OUT", help="one ONNX graph from a uint8 RGB photo to its "
+                   "face's embedding (detection, alignment, members, fusion), of --model")
+    p.add_argument("--model", type=Path, help="--end-to-end: the ONNX model (default: the bundled one)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
+    if args.end_to_end:
+        from .e2e.model import export_end_to_end
+
+        metadata = export_end_to_end(args.end_to_end, args.model)
+        print(f"{args.end_to_end}: photo → {metadata['embedding_dim']}-d embedding, {metadata['detector']['name']} "
+              f"on a {metadata['end_to_end']['canvas']}-px canvas, weights {metadata['weights_sha256'][:12]}",
+              file=sys.stderr)
+        return EXIT_OK
+    if not (args.checkpoint and args.out):
+        raise FaceVerifyError("export needs CHECKPOINT OUT (or --end-to-end OUT)")
     from .export import export_embedder, export_mtcnn
 
     metadata = export_embedder(args.checkpoint, args.out, args.input_dtype, args.precision)

@@ -115,3 +115,59 @@ def test_decoding_graph_keeps_the_faces_the_library_keeps():
             np.testing.assert_allclose(points, expected_points, atol=1e-3)
             found += int(count[0])
     assert found >= len(photos) + 2 * len(pairs)
+
+
+RUN_WITH_ONNXRUNTIME_ONLY = """
+import json, sys
+import numpy as np, onnxruntime as ort
+from PIL import Image
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+out = []
+for path in sys.argv[2:]:
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    embedding, box, score, landmarks, found = session.run(None, {"image": rgb, "face_policy": np.array([1], np.int64)})
+    out.append({"embedding": embedding.tolist(), "found": int(found[0])})
+assert not any(name.startswith("faceverify") for name in sys.modules)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # exports the 24 MB graph and runs it in a subprocess
+def test_end_to_end_graph_runs_on_onnxruntime_alone_and_agrees_with_the_library(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from faceverify import Verifier
+    from faceverify.e2e.model import export_end_to_end
+
+    from .conftest import BUNDLED_ONNX
+
+    path = tmp_path / "e2e.onnx"
+    metadata = export_end_to_end(path)
+    assert path.stat().st_size <= 25e6 and metadata["end_to_end"]["canvas"] == 640
+    people = ("Aaron_Peirsol", "Abdullah_Gul", "Hugo_Chavez", "Colin_Powell", "Serena_Williams", "Tony_Blair")
+    photos = [lfw(person, i) for person in people for i in (1, 2, 3, 4)]
+    done = subprocess.run([sys.executable, "-c", RUN_WITH_ONNXRUNTIME_ONLY, str(path), *map(str, photos)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout)
+    expected = Verifier(BUNDLED_ONNX, face_policy="central").embed(photos)
+    cosines = [float(np.dot(r["embedding"], e)) for r, e in zip(results, expected)]
+    assert all(r["found"] >= 1 for r in results) and min(cosines) > 0.99 and np.median(cosines) > 0.999, cosines
+
+
+@pytest.mark.slow
+def test_end_to_end_graph_answers_bad_photos_with_no_face_not_a_crash(tmp_path):
+    import onnxruntime as ort
+
+    from faceverify.e2e.model import export_end_to_end
+
+    path = tmp_path / "e2e.onnx"
+    export_end_to_end(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for photo in (np.full((300, 400, 3), 128, np.uint8), np.zeros((1, 1, 3), np.uint8),
+                  rng.integers(0, 255, (3000, 4000, 3), dtype=np.uint8)):
+        embedding, box, score, landmarks, found = session.run(None, {"image": photo, "face_policy": np.array([0], np.int64)})
+        assert found[0] == 0 and not embedding.any() and np.isfinite(embedding).all()

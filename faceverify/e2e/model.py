@@ -20,6 +20,7 @@ from onnx import TensorProto, compose, helper, version_converter
 
 from ..align import ARCFACE_112, Template
 from ..detect.retinaface import MEAN_BGR, RetinaFace
+from ..errors import ModelError
 from ..runtime import METADATA_KEY
 from .detection import decoded_faces
 from .warp import OPSET, Nodes, similarity_transform, warp
@@ -87,7 +88,7 @@ def end_to_end_model(embedder: str | Path, detector: str | Path) -> onnx.ModelPr
 
     metadata = OnnxEmbedder(embedder).metadata
     if metadata.detector_name != RetinaFace.name:
-        raise ValueError(f"the end-to-end graph holds RetinaFace; {embedder} was calibrated on {metadata.detector_name}")
+        raise ModelError(f"the end-to-end graph holds RetinaFace; {embedder} was calibrated on {metadata.detector_name}")
     g = Nodes("e2e")
     shape = g.op("Cast", [g.op("Shape", ["image"], "shape")], "shape_f", to=TensorProto.FLOAT)
     height = g.op("Gather", [shape, g.const("i0", np.int64(0))], "height", axis=0)
@@ -142,3 +143,20 @@ def _crop(g: Nodes, rgb: str, height: str, width: str, landmarks: str, template:
     g.nodes += scoped.nodes
     g.initializers += scoped.initializers
     return nhwc
+
+
+def export_end_to_end(out: str | Path, embedder: str | Path | None = None) -> dict:
+    """Write the end-to-end graph of `embedder` (default: the bundled ONNX model) with the bundled
+    RetinaFace to `out`; returns its metadata."""
+    from ..bundled import weights_dir
+    from ..verifier import DEFAULT_MODEL_STEM
+
+    folder = weights_dir()
+    embedder = Path(embedder) if embedder else folder / f"{DEFAULT_MODEL_STEM}.onnx"
+    if embedder.suffix != ".onnx":
+        raise ModelError(f"{embedder}: the end-to-end graph is built from an ONNX model (faceverify export first)")
+    model = end_to_end_model(embedder, folder / RetinaFace.weights_file)
+    onnx.checker.check_model(model)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return json.loads(model.metadata_props[0].value)
