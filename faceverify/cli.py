@@ -355,9 +355,8 @@ def cmd_export(args) -> int:
         from .e2e.model import export_end_to_end
 
         metadata = export_end_to_end(args.end_to_end, args.model)
-        print(f"{args.end_to_end}: photo → {metadata['embedding_dim']}-d embedding, {metadata['detector']['name']} "
-              f"on a {metadata['end_to_end']['canvas']}-px canvas, weights {metadata['weights_sha256'][:12]}",
-              file=sys.stderr)
+        print(f"{args.end_to_end}: photo → {metadata['embedding_dim']}-d embedding, faces by "
+              f"{metadata['detector']['name']}, weights {metadata['weights_sha256'][:12]}", file=sys.stderr)
         return EXIT_OK
     if not (args.checkpoint and args.out):
         raise FaceVerifyError("export needs CHECKPOINT OUT (or --end-to-end OUT)")

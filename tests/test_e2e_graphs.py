@@ -88,6 +88,26 @@ def test_warp_graph_replicates_borders_for_faces_at_the_edge(faces):
     assert np.abs(crop.astype(int) - reference.astype(int)).max() <= 1
 
 
+def test_anchor_graph_is_the_librarys_priors_at_any_size():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from faceverify.detect.retinaface import priors
+    from faceverify.e2e.detection import anchor_nodes
+    from faceverify.e2e.warp import OPSET, Nodes
+
+    g = Nodes("test")
+    g.nodes.append(helper.make_node("Identity", [anchor_nodes(g, "height", "width")], ["anchors"]))
+    sides = [helper.make_tensor_value_info(n, TensorProto.INT64, [1]) for n in ("height", "width")]
+    graph = helper.make_graph(g.nodes, "anchors", sides, [helper.make_tensor_value_info("anchors", TensorProto.FLOAT, [None, 4])],
+                              g.initializers)
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    for height, width in ((250, 250), (333, 517), (640, 480), (1, 1), (31, 97), (1280, 853)):
+        (anchors,) = session.run(None, {"height": np.array([height]), "width": np.array([width])})
+        np.testing.assert_array_equal(anchors, priors(height, width).astype(np.float32))
+
+
 def test_decoding_graph_keeps_the_faces_the_library_keeps():
     """The same boxes, scores and landmarks, in the same order, from the network's outputs for
     single photos and for pairs of photos side by side (two faces, and the bystanders)."""
@@ -145,7 +165,7 @@ def test_end_to_end_graph_runs_on_onnxruntime_alone_and_agrees_with_the_library(
 
     path = tmp_path / "e2e.onnx"
     metadata = export_end_to_end(path)
-    assert path.stat().st_size <= 25e6 and metadata["end_to_end"]["canvas"] == 640
+    assert path.stat().st_size <= 25e6 and metadata["end_to_end"]["max_side"] == 1280
     people = ("Aaron_Peirsol", "Abdullah_Gul", "Hugo_Chavez", "Colin_Powell", "Serena_Williams", "Tony_Blair")
     photos = [lfw(person, i) for person in people for i in (1, 2, 3, 4)]
     done = subprocess.run([sys.executable, "-c", RUN_WITH_ONNXRUNTIME_ONLY, str(path), *map(str, photos)],

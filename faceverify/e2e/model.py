@@ -1,8 +1,9 @@
 """The end-to-end model: one ONNX graph from a photo to its face's embedding.
 
 Input `image`: (H, W, 3) uint8 RGB, any size; `face_policy`: (1,) int64, 0 the largest face, 1
-the one nearest the centre. Inside: the photo shrunk (never enlarged) to fit `CANVAS` × `CANVAS`
-and padded to it, RetinaFace and its decoding (`detection`), the face chosen, the similarity onto
+the one nearest the centre. Inside: the photo resized for RetinaFace as the library resizes it
+(`_preprocess`), RetinaFace and its decoding on anchors of that size (`detection`), the face
+chosen, the similarity onto
 each member's template and the warp from the full-resolution photo (`warp`), then the model's own
 ONNX embedder (members and fusion as `export.ensemble_graph` built them). Outputs: `embedding`
 (D,), `box` (4,) x1 y1 x2 y2, `score` (), `landmarks` (5, 2) in the photo's pixels, and
@@ -21,12 +22,11 @@ from onnx import TensorProto, compose, helper, version_converter
 from ..align import ARCFACE_112, Template
 from ..detect.retinaface import MEAN_BGR, RetinaFace
 from ..errors import ModelError
+from ..policies import DETECTION_MAX_SIDE
 from ..runtime import METADATA_KEY
-from .detection import decoded_faces
+from .detection import anchor_nodes, decoded_faces
 from .warp import OPSET, Nodes, similarity_transform, warp
 
-#: the detector's input: photos are shrunk to fit and padded (RetinaFace's anchors are constants)
-CANVAS = 640
 LARGEST, CENTRAL = 0, 1
 
 
@@ -35,26 +35,34 @@ def _subgraph(model: onnx.ModelProto, prefix: str) -> onnx.GraphProto:
     return compose.add_prefix(model, prefix).graph
 
 
-def _preprocess(g: Nodes, height: str, width: str) -> tuple[str, str, str]:
-    """(the photo as (1, 3, H, W) float RGB, RetinaFace's (1, 3, CANVAS, CANVAS) input, the factor
-    from canvas pixels back to the photo's)."""
+def _preprocess(g: Nodes, height: str, width: str) -> tuple[str, str, str, str]:
+    """(the photo as (1, 3, H, W) float RGB, RetinaFace's input, its (2,) int64 size, the factor
+    from its pixels back to the photo's). The photo is resized as `SinglePassDetector._scaled`
+    does: enlarged until its short side is RetinaFace's `min_input_side`, shrunk until its long side
+    is at most `DETECTION_MAX_SIDE` (with antialiasing, as cv2's INTER_AREA averages)."""
     rgb = g.op("Unsqueeze", [g.op("Transpose", [g.op("Cast", ["image"], "float", to=TensorProto.FLOAT)], "chw", perm=[2, 0, 1]),
                              g.const("batch", np.array([0], np.int64))], "nchw")
-    longest = g.op("Max", [height, width], "longest")
-    scale = g.op("Min", [g.op("Div", [g.const("canvas_f", np.float32(CANVAS)), longest], "fit"),
-                         g.const("one", np.float32(1.0))], "scale")  # shrink to fit, never enlarge
-    sizes = g.op("Cast", [g.op("Round", [g.op("Mul", [g.op("Concat", [g.op("Unsqueeze", [v, g.const(f"ax_{n}", np.array([0], np.int64))], f"{n}1")
-                                                                       for n, v in (("h", height), ("w", width))], "hw", axis=0),
-                                                      scale], "scaled_hw")], "rounded_hw")], "hw_int", to=TensorProto.INT64)
-    shrunk = g.op("Resize", [rgb, "", "", g.op("Concat", [g.const("nc", np.array([1, 3], np.int64)), sizes], "resize_to", axis=0)],
-                  "shrunk", mode="linear", antialias=1)
-    bgr = g.op("Sub", [g.op("Gather", [shrunk, g.const("bgr_order", np.array([2, 1, 0], np.int64))], "bgr", axis=1),
+    enlarge = g.op("Max", [g.op("Div", [g.const("min_side", np.float32(RetinaFace.min_input_side)),
+                                        g.op("Min", [height, width], "shortest")], "to_min_side"),
+                           g.const("one", np.float32(1.0))], "enlarge")
+    scale = g.op("Min", [enlarge, g.op("Div", [g.const("max_side", np.float32(DETECTION_MAX_SIDE)),
+                                               g.op("Max", [height, width], "longest")], "to_max_side")], "scale")
+    sides = g.op("Concat", [g.op("Unsqueeze", [v, g.const(f"ax_{n}", np.array([0], np.int64))], f"{n}1")
+                            for n, v in (("h", height), ("w", width))], "hw", axis=0)
+    sizes = g.op("Cast", [g.op("Round", [g.op("Mul", [sides, scale], "scaled_hw")], "rounded_hw")], "hw_int", to=TensorProto.INT64)
+    resized = g.op("Resize", [rgb, "", "", g.op("Concat", [g.const("nc", np.array([1, 3], np.int64)), sizes], "resize_to", axis=0)],
+                   "resized", mode="linear", antialias=1)
+    bgr = g.op("Sub", [g.op("Gather", [resized, g.const("bgr_order", np.array([2, 1, 0], np.int64))], "bgr", axis=1),
                        g.const("mean", MEAN_BGR.reshape(1, 3, 1, 1))], "centred")
-    missing = g.op("Sub", [g.const("canvas_i", np.array([CANVAS, CANVAS], np.int64)), sizes], "missing")
-    pads = g.op("Concat", [g.const("pad_before", np.zeros(4, np.int64)), g.const("pad_nc", np.zeros(2, np.int64)), missing],
-                "pads", axis=0)  # N C H W begin, then N C H W end: bottom and right only
-    canvas = g.op("Pad", [bgr, pads], "canvas", mode="constant")  # 0: the mean colour
-    return rgb, canvas, g.op("Div", [g.const("one_b", np.float32(1.0)), scale], "to_photo")
+    # the factor back: the photo's side over the resized side, as `resized_by` returns it
+    to_photo = g.op("Div", [sides, g.op("Cast", [sizes], "sizes_f", to=TensorProto.FLOAT)], "to_photo_hw")
+    return rgb, bgr, sizes, g.op("Gather", [to_photo, g.const("w_index", np.int64(1))], "to_photo", axis=0)
+
+
+def _slice(g: Nodes, vector: str, index: int, name: str) -> str:
+    """vector[index:index + 1]."""
+    return g.op("Slice", [vector, g.const(f"{name}_from", np.array([index], np.int64)),
+                          g.const(f"{name}_to", np.array([index + 1], np.int64))], name)
 
 
 def _choose(g: Nodes, boxes: str, scores: str, points: str, height: str, width: str) -> tuple[str, str, str]:
@@ -93,11 +101,11 @@ def end_to_end_model(embedder: str | Path, detector: str | Path) -> onnx.ModelPr
     shape = g.op("Cast", [g.op("Shape", ["image"], "shape")], "shape_f", to=TensorProto.FLOAT)
     height = g.op("Gather", [shape, g.const("i0", np.int64(0))], "height", axis=0)
     width = g.op("Gather", [shape, g.const("i1", np.int64(1))], "width", axis=0)
-    rgb, canvas, to_photo = _preprocess(g, height, width)
-    g.nodes.append(helper.make_node("Identity", [canvas], ["retinaface/input"]))
+    rgb, detector_input, sizes, to_photo = _preprocess(g, height, width)
+    g.nodes.append(helper.make_node("Identity", [detector_input], ["retinaface/input"]))
     before_detector = len(g.nodes)
-    boxes, scores, points, count = decoded_faces(g, "retinaface/loc", "retinaface/conf", "retinaface/landmarks",
-                                                 CANVAS, CANVAS)
+    anchors = anchor_nodes(g, *(_slice(g, sizes, i, f"detector_{n}") for i, n in enumerate("hw")))
+    boxes, scores, points, count = decoded_faces(g, "retinaface/loc", "retinaface/conf", "retinaface/landmarks", anchors)
     boxes = g.op("Mul", [boxes, to_photo], "photo_boxes")
     points = g.op("Mul", [points, to_photo], "photo_points")
     box, score, landmarks = _choose(g, boxes, scores, points, height, width)
@@ -128,7 +136,8 @@ def end_to_end_model(embedder: str | Path, detector: str | Path) -> onnx.ModelPr
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceverify")
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps({**metadata.to_dict(), "end_to_end": {
-        "canvas": CANVAS, "face_policy": {"largest": LARGEST, "central": CENTRAL}}})
+        "min_input_side": RetinaFace.min_input_side, "max_side": DETECTION_MAX_SIDE,
+        "face_policy": {"largest": LARGEST, "central": CENTRAL}}})
     return model
 
 
