@@ -32,8 +32,7 @@ def main() -> None:
     e2e = args.e2e or Path(tempfile.mkdtemp()) / "e2e.onnx"
     if not args.e2e:
         export_end_to_end(e2e)
-    options = ort.SessionOptions()
-    session = ort.InferenceSession(str(e2e), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(e2e), providers=["CPUExecutionProvider"])
     verifier = Verifier(ROOT / "weights" / "faceverify-default.onnx", face_policy="central")
     pairs = read_pairs(DEV_PAIRS, LFW)
     photos = sorted({p for pair in pairs for p in (pair.left, pair.right)})

@@ -25,7 +25,7 @@ from ..errors import ModelError
 from ..policies import DETECTION_MAX_SIDE
 from ..runtime import METADATA_KEY
 from .detection import anchor_nodes, decoded_faces
-from .warp import OPSET, Nodes, similarity_transform, warp
+from .warp import OPSET, Nodes, aligned_crop, photo_nodes
 
 LARGEST, CENTRAL = 0, 1
 
@@ -35,13 +35,11 @@ def _subgraph(model: onnx.ModelProto, prefix: str) -> onnx.GraphProto:
     return compose.add_prefix(model, prefix).graph
 
 
-def _preprocess(g: Nodes, height: str, width: str) -> tuple[str, str, str, str]:
-    """(the photo as (1, 3, H, W) float RGB, RetinaFace's input, its (2,) int64 size, the factor
+def _preprocess(g: Nodes, rgb: str, height: str, width: str) -> tuple[str, str, str]:
+    """(RetinaFace's input for the (1, 3, H, W) float RGB photo, its (2,) int64 size, the factor
     from its pixels back to the photo's). The photo is resized as `SinglePassDetector._scaled`
     does: enlarged until its short side is RetinaFace's `min_input_side`, shrunk until its long side
     is at most `DETECTION_MAX_SIDE` (with antialiasing, as cv2's INTER_AREA averages)."""
-    rgb = g.op("Unsqueeze", [g.op("Transpose", [g.op("Cast", ["image"], "float", to=TensorProto.FLOAT)], "chw", perm=[2, 0, 1]),
-                             g.const("batch", np.array([0], np.int64))], "nchw")
     enlarge = g.op("Max", [g.op("Div", [g.const("min_side", np.float32(RetinaFace.min_input_side)),
                                         g.op("Min", [height, width], "shortest")], "to_min_side"),
                            g.const("one", np.float32(1.0))], "enlarge")
@@ -56,7 +54,7 @@ def _preprocess(g: Nodes, height: str, width: str) -> tuple[str, str, str, str]:
                        g.const("mean", MEAN_BGR.reshape(1, 3, 1, 1))], "centred")
     # the factor back: the photo's side over the resized side, as `resized_by` returns it
     to_photo = g.op("Div", [sides, g.op("Cast", [sizes], "sizes_f", to=TensorProto.FLOAT)], "to_photo_hw")
-    return rgb, bgr, sizes, g.op("Gather", [to_photo, g.const("w_index", np.int64(1))], "to_photo", axis=0)
+    return bgr, sizes, g.op("Gather", [to_photo, g.const("w_index", np.int64(1))], "to_photo", axis=0)
 
 
 def _slice(g: Nodes, vector: str, index: int, name: str) -> str:
@@ -98,10 +96,8 @@ def end_to_end_model(embedder: str | Path, detector: str | Path) -> onnx.ModelPr
     if metadata.detector_name != RetinaFace.name:
         raise ModelError(f"the end-to-end graph holds RetinaFace; {embedder} was calibrated on {metadata.detector_name}")
     g = Nodes("e2e")
-    shape = g.op("Cast", [g.op("Shape", ["image"], "shape")], "shape_f", to=TensorProto.FLOAT)
-    height = g.op("Gather", [shape, g.const("i0", np.int64(0))], "height", axis=0)
-    width = g.op("Gather", [shape, g.const("i1", np.int64(1))], "width", axis=0)
-    rgb, detector_input, sizes, to_photo = _preprocess(g, height, width)
+    rgb, height, width = photo_nodes(g)
+    detector_input, sizes, to_photo = _preprocess(g, rgb, height, width)
     g.nodes.append(helper.make_node("Identity", [detector_input], ["retinaface/input"]))
     before_detector = len(g.nodes)
     anchors = anchor_nodes(g, *(_slice(g, sizes, i, f"detector_{n}") for i, n in enumerate("hw")))
@@ -142,16 +138,12 @@ def end_to_end_model(embedder: str | Path, detector: str | Path) -> onnx.ModelPr
 
 
 def _crop(g: Nodes, rgb: str, height: str, width: str, landmarks: str, template: Template) -> str:
-    """The (1, size, size, 3) uint8 crop the embedder takes for `template`, as `align_face` makes it."""
+    """The (1, size, size, 3) uint8 crop the embedder takes for `template` (its nodes named after it)."""
     scoped = Nodes(f"e2e/{template.name}")
-    matrix, shift = similarity_transform(scoped, landmarks, template)
-    crop = warp(scoped, rgb, height, width, matrix, shift, template)
-    clipped = scoped.op("Clip", [scoped.op("Round", [crop], "rounded"), scoped.const("lo", np.float32(0)),
-                                 scoped.const("hi", np.float32(255))], "clipped")
-    nhwc = scoped.op("Cast", [scoped.op("Transpose", [clipped], "nhwc_f", perm=[0, 2, 3, 1])], "crop_u8", to=TensorProto.UINT8)
+    crop, _, _ = aligned_crop(scoped, rgb, height, width, landmarks, template)
     g.nodes += scoped.nodes
     g.initializers += scoped.initializers
-    return nhwc
+    return crop
 
 
 def export_end_to_end(out: str | Path, embedder: str | Path | None = None) -> dict:

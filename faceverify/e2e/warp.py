@@ -164,25 +164,37 @@ def warp(g: Nodes, image_nchw: str, height: str, width: str, matrix: str, shift:
     return g.op("GridSample", [image_nchw, grid_4d], "crop", mode="linear", padding_mode="border", align_corners=1)
 
 
+def photo_nodes(g: Nodes, image: str = "image") -> tuple[str, str, str]:
+    """The graph input `image` ((H, W, 3) uint8 RGB) as (1, 3, H, W) float, and H and W as float
+    scalars."""
+    nchw = g.op("Unsqueeze", [g.op("Transpose", [g.op("Cast", [image], "image_float", to=TensorProto.FLOAT)], "chw",
+                                   perm=[2, 0, 1]), g.const("batch_axis", np.array([0], np.int64))], "nchw")
+    shape = g.op("Cast", [g.op("Shape", [image], "image_shape")], "shape_float", to=TensorProto.FLOAT)
+    height = g.op("Gather", [shape, g.const("i0", np.int64(0))], "height", axis=0)
+    width = g.op("Gather", [shape, g.const("i1", np.int64(1))], "width", axis=0)
+    return nchw, height, width
+
+
+def aligned_crop(g: Nodes, nchw: str, height: str, width: str, landmarks: str,
+                 template: Template) -> tuple[str, str, str]:
+    """(the (1, size, size, 3) uint8 crop `align_face` makes of the photo for `landmarks`, the
+    similarity's matrix and shift)."""
+    matrix, shift = similarity_transform(g, landmarks, template)
+    crop = warp(g, nchw, height, width, matrix, shift, template)
+    clipped = g.op("Clip", [g.op("Round", [crop], "rounded"), g.const("lo", np.float32(0)), g.const("hi", np.float32(255))],
+                   "clipped")
+    nhwc = g.op("Cast", [g.op("Transpose", [clipped], "nhwc_float", perm=[0, 2, 3, 1])], "crop_u8", to=TensorProto.UINT8)
+    return nhwc, matrix, shift
+
+
 def warp_model(template: Template):
     """A model of the warp alone, for tests and other languages: `image` (H, W, 3) uint8 RGB and
     `landmarks` (5, 2) float → `crop` (size, size, 3) uint8 and `matrix` (2, 3), as `align_face`."""
     g = Nodes("warp")
     image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["height", "width", 3])
     landmarks = helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, [5, 2])
-    as_float = g.op("Cast", ["image"], "image_float", to=TensorProto.FLOAT)
-    nchw = g.op("Unsqueeze", [g.op("Transpose", [as_float], "chw", perm=[2, 0, 1]),
-                              g.const("batch_axis", np.array([0], np.int64))], "nchw")
-    shape = g.op("Cast", [g.op("Shape", ["image"], "image_shape")], "shape_float", to=TensorProto.FLOAT)
-    height = g.op("Gather", [shape, g.const("i0", np.int64(0))], "height", axis=0)
-    width = g.op("Gather", [shape, g.const("i1", np.int64(1))], "width", axis=0)
-    matrix, shift = similarity_transform(g, "landmarks", template)
-    crop = warp(g, nchw, height, width, matrix, shift, template)
-    rounded = g.op("Clip", [g.op("Round", [crop], "rounded"), g.const("lo", np.float32(0)), g.const("hi", np.float32(255))],
-                   "clipped")
-    hwc = g.op("Transpose", [g.op("Squeeze", [rounded, g.const("squeeze_axis", np.array([0], np.int64))], "chw_crop")],
-               "hwc", perm=[1, 2, 0])
-    g.nodes.append(helper.make_node("Cast", [hwc], ["crop"], to=TensorProto.UINT8))
+    crop, matrix, shift = aligned_crop(g, *photo_nodes(g), "landmarks", template)
+    g.nodes.append(helper.make_node("Squeeze", [crop, g.const("squeeze_axis", np.array([0], np.int64))], ["crop"]))
     g.nodes.append(helper.make_node("Concat", [matrix, g.op("Unsqueeze", [shift, g.const("ax1", np.array([1], np.int64))],
                                                               "shift_col")], ["matrix"], axis=1))
     outputs = [helper.make_tensor_value_info("crop", TensorProto.UINT8, [template.size, template.size, 3]),

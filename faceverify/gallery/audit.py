@@ -62,7 +62,7 @@ class AuditTrail:
                 *self._append_only("audit")]
 
     def _write_audit(self, *entries: AuditEntry) -> None:
-        if not self._has_table("audit"):
+        if "audit" in self.missing_tables:
             raise FaceVerifyError(f"{self.path}: this gallery has no audit trail yet and cannot be "
                                   "given one (read-only?); open it once with write access")
         self._executemany(

@@ -20,7 +20,7 @@ class KeyTable:
                 "CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE revoked IS NULL"]
 
     def _require_keys(self) -> None:
-        if not self._has_table("api_keys"):
+        if "api_keys" in self.missing_tables:
             raise FaceVerifyError(f"{self.path}: this gallery has no key table yet and cannot be given "
                                   "one (read-only?); open it once with write access")
 

@@ -182,10 +182,11 @@ class GalleryStore(UpgradeStaging, AuditTrail, KeyTable, ABC):
         """Bring a gallery made by an earlier version up to date under the write lock (a second
         process doing the same finds it done): the `quality` column, the audit trail and the key
         table. A gallery this process cannot write to stays as it is (its photos read back
-        without a score; what needs the new tables fails with a clear error). Returns whether
-        images have a quality column."""
-        missing = [table for table in ("audit", "api_keys") if not self._has_table(table)]
-        if "quality" in self._columns("images") and not missing:
+        without a score; what needs the new tables fails with a clear error: `missing_tables`
+        says which, read once here rather than at every write). Returns whether images have a
+        quality column."""
+        self.missing_tables = {table for table in ("audit", "api_keys") if not self._has_table(table)}
+        if "quality" in self._columns("images") and not self.missing_tables:
             return True
         try:
             with self.transaction():
@@ -195,6 +196,7 @@ class GalleryStore(UpgradeStaging, AuditTrail, KeyTable, ABC):
                               (self._key_schema() if not self._has_table("api_keys") else []))
                 for statement in statements:
                     self._execute(statement)
+            self.missing_tables = set()
             return True
         except Exception as exc:  # read-only file or role, or another writer holding the lock
             log.warning("%s: cannot bring the gallery up to date (%s); photos read back without a "
