@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test bench browser clean
+.PHONY: demo test bench browser js clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,21 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the browser test will be skipped"; }
 
-test: $(STAMP) browser
+# the pinned npm packages (package-lock.json) of the browser page's runtime (web/) and the Node
+# example (examples/node/): from the npm registry, never fetched when a page or an export runs
+JS_DIRS := web examples/node
+js:
+	@if command -v npm >/dev/null; then for d in $(JS_DIRS); do \
+	  test -f $$d/package-lock.json || continue; \
+	  test $$d/node_modules/.package-lock.json -nt $$d/package-lock.json || \
+	  (cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; done; \
+	else echo "npm not found: the browser page and Node example tests will be skipped"; fi
+
+test: $(STAMP) browser js
 	$(BIN)/python -m pytest -q --durations=10  # the ten slowest: the suite must stay under 15 minutes
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(addsuffix /node_modules,$(JS_DIRS))
