@@ -32,6 +32,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def end_to_end_onnx(tmp_path_factory) -> Path:
+    """The bundled model's end-to-end graph (`faceverify export --end-to-end`), exported once."""
+    from faceverify.e2e.model import export_end_to_end
+
+    path = tmp_path_factory.mktemp("e2e") / "faceverify-e2e.onnx"
+    export_end_to_end(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def torch_detector():
     from faceverify.detect import TorchMTCNN
 
