@@ -21,6 +21,7 @@ from torch import nn
 from .errors import ModelError
 from .runtime import MEMBER_NORMS
 from .metadata import ModelMetadata
+from . import onnx_graph
 from .onnx_graph import prelu_as_relu
 from .models import Ensemble, load_checkpoint
 from .models.ensemble import kind
@@ -80,7 +81,7 @@ def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bo
     graphs = [g if _default_opset(g) == opset else version_converter.convert_version(g, opset)
               for g in graphs]
     if half_storage:
-        graphs = [_fp16_storage(g) for g in graphs]
+        graphs = [onnx_graph.half_storage(g) for g in graphs]
     graphs = [prelu_as_relu(g) for g in graphs]  # CPU speed, same arithmetic
     dtype = TensorProto.UINT8 if input_dtype == "uint8" else TensorProto.FLOAT
     inputs, nodes, initializers, value_info = [], [], [], []
@@ -133,29 +134,6 @@ def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bo
 
 def _default_opset(model) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _fp16_storage(model):
-    """float32 initializers whose values are fp16 numbers (weights stored in fp16) stored as fp16,
-    each behind a Cast back to float32: half the file, the same numbers (onnxruntime folds the
-    casts when it loads the graph)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    casts, kept = [], []
-    for init in model.graph.initializer:
-        values = numpy_helper.to_array(init)
-        if init.data_type == TensorProto.FLOAT and values.size >= 64 and \
-                np.array_equal(values.astype(np.float16).astype(np.float32), values):
-            kept.append(numpy_helper.from_array(values.astype(np.float16), f"{init.name}/fp16"))
-            casts.append(helper.make_node("Cast", [f"{init.name}/fp16"], [init.name], to=TensorProto.FLOAT))
-        else:
-            kept.append(init)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    nodes = casts + list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
 
 
 def export_mtcnn(out_dir: str | Path) -> list[Path]:

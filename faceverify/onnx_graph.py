@@ -1,7 +1,8 @@
 """Graph edits shared by the repairs of third-party ONNX files (SFace in `models/sface.py`, YuNet in
 `faceverify/detect/yunet.py`): they change how a graph is declared (shapes, unused tensors,
 metadata), never a weight; and `prelu_as_relu`, the same arithmetic in operators onnxruntime's CPU
-kernels run faster (the ensemble's export applies it)."""
+kernels run faster (the ensemble's export applies it); and `half_storage`, float32 weights kept
+in float16 (the ensemble's fp16-trained members, the end-to-end graph's `--precision fp16`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -109,3 +110,53 @@ def prelu_as_relu(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     return model
+
+
+def half_storage(model: onnx.ModelProto, lossless_only: bool = True) -> onnx.ModelProto:
+    """`model` (changed in place) with its float32 weights stored as float16, each behind a Cast back
+    to float32: about half the file, computed in float32 as before (onnxruntime folds the casts when
+    it loads the graph; its CPU and wasm kernels have no half-precision convolutions).
+    `lossless_only`: only the tensors whose values are float16 numbers already (weights trained or
+    kept in fp16: the same numbers); otherwise every float32 tensor of 64 values or more (rounded)."""
+    casts, kept = [], []
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if init.data_type == onnx.TensorProto.FLOAT and values.size >= 64 and (
+                not lossless_only or np.array_equal(values.astype(np.float16).astype(np.float32), values)):
+            kept.append(numpy_helper.from_array(values.astype(np.float16), f"{init.name}/fp16"))
+            casts.append(helper.make_node("Cast", [f"{init.name}/fp16"], [init.name], to=onnx.TensorProto.FLOAT))
+        else:
+            kept.append(init)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def shared_initializers(graph: onnx.GraphProto) -> None:
+    """Initializers equal in type, shape and bytes kept once, every reader (in subgraphs too) reading
+    the first: onnxruntime would merge them when it loads the graph, but cannot rename what an `If`
+    branch reads from outside and warns about each."""
+    first: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    kept = []
+    for init in graph.initializer:
+        key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
+        if key in first:
+            renamed[init.name] = first[key]
+        else:
+            first[key] = init.name
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+    def rename(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+            for a in node.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    rename(sub)
+
+    rename(graph)

@@ -22,6 +22,9 @@ from .base import DETECTION_MAX_SIDE, Face, Shards, checked_max_side, min_face_s
 #: `min_face_size` / `min_face_fraction` lets the photo be shrunk until its smallest wanted face
 #: reaches this size (fewer pixels to run the network over)
 SMALLEST_FACE_PX = 20
+#: faces with a box short side below this many pixels of the photo are dropped by default (the
+#: networks' boxes are tight, brows to chin: a face MTCNN boxes at 20 pixels measures about 14)
+MIN_FACE_PX = 10
 
 
 def file_sha256(path: Path) -> str:
@@ -32,8 +35,7 @@ class SinglePassDetector:
     """Base of the one-network ONNX detectors (see the module docstring).
 
     `min_face_size`: faces with a box short side below this many pixels (of the original photo)
-    are dropped (10: these networks' boxes are tight, brows to chin, so a face MTCNN boxes at 20
-    pixels measures about 14 here); `min_face_fraction`: likewise as a fraction of the photo's short side;
+    are dropped (`MIN_FACE_PX`); `min_face_fraction`: likewise as a fraction of the photo's short side;
     `max_side`: photos are detected on a copy at most this many pixels a side; `min_score`: the
     detector's own confidence a face needs; `workers`: a call's images are split into this many
     shards run concurrently (default 2 on the CPU, 1 on a GPU); `threads`: onnxruntime threads
@@ -48,7 +50,7 @@ class SinglePassDetector:
     min_input_side: int = 0
 
     def __init__(self, path: str | Path | None = None, providers: list[str] | None = None,
-                 min_face_size: int = 10, min_face_fraction: float = 0.0,
+                 min_face_size: int = MIN_FACE_PX, min_face_fraction: float = 0.0,
                  max_side: int = DETECTION_MAX_SIDE, min_score: float | None = None,
                  workers: int | None = None, threads: int = 0):
         from ..runtime import create_session

@@ -84,17 +84,26 @@ def decoded_faces(g: Nodes, loc: str, conf: str, landmarks: str, anchors: str,
                                        g.const("lm_var", np.float32(CENTRE_VARIANCE))], "lm_shift")], "points")
     scores = g.op("Gather", [g.op("Squeeze", [conf, g.const("axis0c", np.array([0], np.int64))], "conf2"),
                              g.const("face_column", np.int64(1))], "scores", axis=1)  # (N,)
-    # NonMaxSuppression keeps scores above its threshold; the library keeps those at or above it
-    threshold = float(np.nextafter(np.float32(min_score), np.float32(-np.inf)))
-    selected = g.op("NonMaxSuppression", [
-        g.op("Unsqueeze", [boxes, g.const("axis0d", np.array([0], np.int64))], "boxes_b"),
-        g.op("Reshape", [scores, g.const("scores_shape", np.array([1, 1, -1], np.int64))], "scores_bc"),
-        g.const("max_faces", np.array([max_faces], np.int64)), g.const("iou", np.array([iou], np.float32)),
-        g.const("min_score", np.array([threshold], np.float32))], "selected", center_point_box=0)
-    kept = g.op("Squeeze", [_columns(g, selected, 2, 3, "selected_index"), unsqueeze1], "kept")
-    count = g.op("Shape", [kept], "count")
+    return best_first(g, boxes, scores, points, iou, max_faces, min_score)
+
+
+def best_first(g: Nodes, boxes: str, scores: str, points: str, iou: float = NMS_IOU, max_faces: int = MAX_FACES,
+               min_score: float | None = None) -> tuple[str, str, str, str]:
+    """Greedy non-maximum suppression as `mtcnn_onnx.nms(mode="union")` (IoU as torchvision and
+    OpenCV count it) of (K, 4) boxes, (K,) scores and (K, 5, 2) points, above `min_score`
+    (at or above, as the library keeps them): (boxes, scores, points, their count as a (1,) int64),
+    best first."""
+    inputs = [g.op("Unsqueeze", [boxes, g.const("axis0d", np.array([0], np.int64))], "boxes_b"),
+              g.op("Reshape", [scores, g.const("scores_shape", np.array([1, 1, -1], np.int64))], "scores_bc"),
+              g.const("max_faces", np.array([max_faces], np.int64)), g.const("iou", np.array([iou], np.float32))]
+    if min_score is not None:  # NonMaxSuppression keeps scores above its threshold
+        inputs.append(g.const("min_score", np.array([np.nextafter(np.float32(min_score), np.float32(-np.inf))],
+                                                     np.float32)))
+    selected = g.op("NonMaxSuppression", inputs, "selected", center_point_box=0)
+    kept = g.op("Squeeze", [_columns(g, selected, 2, 3, "selected_index"), g.const("axis1s", np.array([1], np.int64))],
+                "kept")
     return (g.op("Gather", [boxes, kept], "face_boxes", axis=0), g.op("Gather", [scores, kept], "face_scores", axis=0),
-            g.op("Gather", [points, kept], "face_points", axis=0), count)
+            g.op("Gather", [points, kept], "face_points", axis=0), g.op("Shape", [kept], "count"))
 
 
 def decoding_model(height: int, width: int, min_score: float = RetinaFace.default_min_score):
