@@ -238,7 +238,11 @@ def end_to_end_model(embedder: str | Path, detector: str | Path, precision: str 
     graph = helper.make_graph(nodes, "faceverify_end_to_end", inputs, outputs,
                               list(detector_graph.initializer) + g.initializers + list(embedder_graph.initializer))
     shared_initializers(graph)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceverify")
+    opsets = [helper.make_opsetid("", OPSET)]
+    # the least IR version the opset needs, not onnx's newest (14 for onnx 1.23): onnxruntime 1.31
+    # (onnxruntime-node, onnxruntime-web) reads up to 13
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets),
+                              producer_name="faceverify")
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps({**metadata.to_dict(), "end_to_end": {
         "min_input_side": RetinaFace.min_input_side, "max_side": DETECTION_MAX_SIDE, "precision": precision,
