@@ -346,7 +346,11 @@ def add_export(sub) -> None:
     p.add_argument("--mtcnn", type=Path, metavar="DIR", help="also export P/R/O-net into DIR")
     p.add_argument("--end-to-end", type=Path, metavar="OUT", help="one ONNX graph from a uint8 RGB photo to its "
                    "face's embedding (detection, alignment, members, fusion), of --model")
-    p.add_argument("--model", type=Path, help="--end-to-end: the ONNX model (default: the bundled one)")
+    p.add_argument("--web", type=Path, metavar="DIR", help="a static page verifying two photos in the browser "
+                   "(the end-to-end graph of --model run by onnxruntime-web; nothing is uploaded)")
+    p.add_argument("--model", type=Path, help="--end-to-end, --web: the ONNX model (default: the bundled one)")
+    p.add_argument("--ort-web", type=Path, metavar="PATH", help="--web: onnxruntime-web's package folder "
+                   "(default: $FACEVERIFY_ORT_WEB, else the checkout's web/node_modules/onnxruntime-web)")
     p.set_defaults(func=cmd_export)
 
 
@@ -358,8 +362,15 @@ def cmd_export(args) -> int:
         print(f"{args.end_to_end}: photo → {metadata['embedding_dim']}-d embedding, faces by "
               f"{metadata['detector']['name']}, weights {metadata['weights_sha256'][:12]}", file=sys.stderr)
         return EXIT_OK
+    if args.web:
+        from .e2e.web import export_web
+
+        page = export_web(args.web, args.model, args.ort_web)
+        print(f"{args.web}: the page, {page['model']} and onnxruntime-web {page['onnxruntime_web']}; serve it, e.g. "
+              f"`python -m http.server -b 127.0.0.1 -d {args.web}`, and open http://127.0.0.1:8000", file=sys.stderr)
+        return EXIT_OK
     if not (args.checkpoint and args.out):
-        raise FaceVerifyError("export needs CHECKPOINT OUT (or --end-to-end OUT)")
+        raise FaceVerifyError("export needs CHECKPOINT OUT (or --end-to-end OUT, or --web DIR)")
     from .export import export_embedder, export_mtcnn
 
     metadata = export_embedder(args.checkpoint, args.out, args.input_dtype, args.precision)
