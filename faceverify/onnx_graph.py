@@ -160,3 +160,52 @@ def shared_initializers(graph: onnx.GraphProto) -> None:
                     rename(sub)
 
     rename(graph)
+
+
+def dequantize_as_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` (changed in place) with each DequantizeLinear of stored weights written as
+    (Cast(x) − zero point) · scale: the same float32 numbers, but ops onnxruntime folds into
+    float weights when it loads the graph, in every binding and with default options (it keeps
+    DequantizeLinear for its quantised kernels and would expand the weights at every run; the
+    library's sessions ask for the fold with `session.disable_quant_qdq`). Per-tensor, per-axis and
+    blocked quantisation; the file keeps its int8 weights."""
+    weights = {i.name: i for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or not all(name in weights for name in node.input if name):
+            nodes.append(node)
+            continue
+        x, scale, *rest = node.input
+        zero = rest[0] if rest and rest[0] else None
+        rank, axis = len(weights[x].dims), attr(node, "axis", 1)
+        axis, block = axis % rank if rank else 0, attr(node, "block_size", 0)
+        name, out = node.name or node.output[0], node.output[0]
+
+        def spread(param: str) -> str:
+            """`param` broadcastable against x: as is when scalar, along `axis` when per-axis, its
+            blocks repeated along `axis` when blocked."""
+            dims = list(weights[param].dims)
+            if not dims or rank == 0:
+                return param
+            if block:
+                index = f"{name}/{param.rsplit('/', 1)[-1]}_blocks"
+                model.graph.initializer.append(numpy_helper.from_array(
+                    np.arange(weights[x].dims[axis], dtype=np.int64) // block, index))
+                nodes.append(helper.make_node("Gather", [param, index], [f"{index}/spread"], axis=axis))
+                return f"{index}/spread"
+            shape = f"{name}/{param.rsplit('/', 1)[-1]}_shape"
+            model.graph.initializer.append(numpy_helper.from_array(
+                np.array([-1 if i == axis else 1 for i in range(rank)], np.int64), shape))
+            nodes.append(helper.make_node("Reshape", [param, shape], [f"{shape}/spread"]))
+            return f"{shape}/spread"
+
+        value = f"{name}/float"
+        nodes.append(helper.make_node("Cast", [x], [value], to=onnx.TensorProto.FLOAT))
+        if zero is not None:
+            nodes.append(helper.make_node("Cast", [spread(zero)], [f"{name}/zero"], to=onnx.TensorProto.FLOAT))
+            nodes.append(helper.make_node("Sub", [value, f"{name}/zero"], [f"{name}/centred"]))
+            value = f"{name}/centred"
+        nodes.append(helper.make_node("Mul", [value, spread(scale)], [out]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model

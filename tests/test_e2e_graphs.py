@@ -225,3 +225,38 @@ def test_end_to_end_graph_answers_bad_photos_with_no_face_not_a_crash(end_to_end
         embedding, found, aligned = session.run(["embedding", "faces_found", "aligned"],
                                                 {"image": photo, "face_policy": np.array([0], np.int64)})
         assert found[0] == 0 and not embedding.any() and np.isfinite(embedding).all() and not aligned.any()
+
+
+@pytest.mark.parametrize("axis, block", [(None, 0), (0, 0), (1, 0), (1, 4), (0, 3)])
+def test_dequantize_as_arithmetic_equals_dequantize_linear(axis, block):
+    """Per-tensor, per-axis and blocked int8 weights: onnxruntime's DequantizeLinear and its
+    rewrite as Cast, Sub and Mul give the same float32 numbers, bit for bit."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from faceverify.e2e.warp import OPSET
+    from faceverify.onnx_graph import dequantize_as_arithmetic
+
+    rng = np.random.default_rng(block)
+    weights = rng.integers(-128, 128, (6, 10), dtype=np.int8)
+    if axis is None:
+        shape, attributes = (), {}
+    elif block:  # ceil(side / block) blocks along the axis, the last one shorter
+        shape = tuple(-(-side // block) if i == axis else side for i, side in enumerate(weights.shape))
+        attributes = {"axis": axis, "block_size": block}
+    else:
+        shape, attributes = (weights.shape[axis],), {"axis": axis}
+    scale = rng.uniform(1e-3, 0.1, shape).astype(np.float32)
+    zero = rng.integers(-5, 5, shape, dtype=np.int8)
+    inputs = [numpy_helper.from_array(v, n) for v, n in ((weights, "w"), (scale, "s"), (zero, "z"))]
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["w", "s", "z"], ["deq"], **attributes),
+                               helper.make_node("Add", ["deq", "x"], ["y"])], "dq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 10])], inputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
+    x = np.zeros((6, 10), np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    rewritten = dequantize_as_arithmetic(model)
+    assert "DequantizeLinear" not in {n.op_type for n in rewritten.graph.node}
+    found = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(found, expected)

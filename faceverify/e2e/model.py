@@ -26,7 +26,7 @@ from ..align import ARCFACE_112, Template
 from ..detect.retinaface import LARGEST_RELIABLE_FACE_PX, MEAN_BGR, REDETECT_FACE_PX, RetinaFace
 from ..detect.single_pass import MIN_FACE_PX, SMALLEST_FACE_PX
 from ..errors import ModelError
-from ..onnx_graph import half_storage, shared_initializers
+from ..onnx_graph import dequantize_as_arithmetic, half_storage, shared_initializers
 from ..policies import DETECTION_MAX_SIDE
 from ..runtime import METADATA_KEY
 from .detection import anchor_nodes, best_first, decoded_faces
@@ -178,8 +178,9 @@ def _choose(g: Nodes, boxes: str, scores: str, points: str, height: str, width: 
 
 
 def _stored(path: str | Path, precision: str) -> onnx.ModelProto:
-    """The ONNX file at `path`, each distinct weight once, stored in `precision`."""
-    model = onnx.load(str(path))
+    """The ONNX file at `path`, each distinct weight once, stored in `precision`, quantised weights
+    expanded when a session loads it (`dequantize_as_arithmetic`)."""
+    model = dequantize_as_arithmetic(onnx.load(str(path)))
     shared_initializers(model.graph)
     return half_storage(model, lossless_only=False) if precision == "fp16" else model
 
