@@ -342,7 +342,8 @@ def add_export(sub) -> None:
     p.add_argument("out", type=Path, nargs="?")
     p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: half-precision weights and activations, for GPUs (float32 embeddings out)")
+                   help="fp16: half-precision weights and activations, for GPUs (float32 embeddings out); "
+                   "with --end-to-end, weights stored in half precision, computed in float32 (smaller)")
     p.add_argument("--mtcnn", type=Path, metavar="DIR", help="also export P/R/O-net into DIR")
     p.add_argument("--end-to-end", type=Path, metavar="OUT", help="one ONNX graph from a uint8 RGB photo to its "
                    "face's embedding (detection, alignment, members, fusion), of --model")
@@ -358,9 +359,10 @@ def cmd_export(args) -> int:
     if args.end_to_end:
         from .e2e.model import export_end_to_end
 
-        metadata = export_end_to_end(args.end_to_end, args.model)
+        metadata = export_end_to_end(args.end_to_end, args.model, args.precision)
         print(f"{args.end_to_end}: photo → {metadata['embedding_dim']}-d embedding, faces by "
-              f"{metadata['detector']['name']}, weights {metadata['weights_sha256'][:12]}", file=sys.stderr)
+              f"{metadata['detector']['name']}, weights {metadata['weights_sha256'][:12]} ({args.precision})",
+              file=sys.stderr)
         return EXIT_OK
     if args.web:
         from .e2e.web import export_web

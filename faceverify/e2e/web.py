@@ -13,9 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-import onnx
-from onnx import helper
-
 from .. import __version__
 from ..errors import ModelError
 from ..images import MAX_PIXELS
@@ -60,7 +57,6 @@ def export_web(out_dir: str | Path, embedder: str | Path | None = None, runtime:
     out = Path(out_dir)
     (out / "ort").mkdir(parents=True, exist_ok=True)
     metadata = export_end_to_end(out / MODEL_FILE, embedder, precision="fp16")
-    _lowest_ir_version(out / MODEL_FILE)
     for name in PAGE_FILES:
         shutil.copyfile(PAGE / name, out / name)
     for name in ORT_WEB_FILES:
@@ -78,14 +74,6 @@ def export_web(out_dir: str | Path, embedder: str | Path | None = None, runtime:
     }
     (out / "model.json").write_text(json.dumps(page, indent=2))
     return page
-
-
-def _lowest_ir_version(path: Path) -> None:
-    """The file's IR version lowered to the least its opsets need: onnx writes its newest (14 for
-    onnx 1.23), which onnxruntime-web 1.31 refuses (it reads up to 13)."""
-    model = onnx.load(str(path))
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import, ignore_unknown=True)
-    onnx.save(model, str(path))
 
 
 def _copy_licences(metadata: dict, source: Path, target: Path) -> list[str]:
