@@ -56,8 +56,11 @@ def page_times(browser, url: str, pairs, runs: int) -> tuple[list, list, list, i
     repeats (after one warm-up), and its score; the page's wasm thread count."""
     page = browser.new_page()
     page.goto(url)
-    while page.evaluate("window.faceverifyReady") is None:
+    deadline = time.monotonic() + 300
+    while page.evaluate("window.faceverifyReady") is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    if not page.evaluate("window.faceverifyReady"):
+        raise SystemExit(f"the page did not load its model: {page.inner_text('#status')}")
     inputs = page.locator("input[type=file]")
     whole, model, scores = [], [], []
     for pair in pairs:
@@ -114,20 +117,20 @@ def main() -> None:
     page, page_scores = {}, None
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        for headers in ({}, ISOLATED):  # a plain server: one wasm thread; cross-origin isolated: one per core
-            httpd = serve(site, headers)
+        for isolated in (False, True):  # a plain server: one wasm thread; cross-origin isolated: one per core
+            httpd = serve(site, ISOLATED if isolated else {})
             url = f"http://127.0.0.1:{httpd.server_address[1]}/"
             whole, model, scores, threads = page_times(browser, url, pairs, args.runs)
             httpd.shutdown()
             page_scores = page_scores or scores
-            page[threads] = whole, model
+            page[isolated] = threads, whole, model
         browser.close()
     rows, python_scores = [], None
-    for threads, (page_whole, page_model) in page.items():
+    for isolated, (threads, page_whole, page_model) in page.items():
         whole, model, scores = python_times(site / MODEL_FILE, pairs, args.runs, threads)
         python_scores = python_scores or scores
         ms = [statistics.median(v) for v in (page_whole, page_model, whole, model)]
-        rows.append([f"{threads}{' (cross-origin isolated page)' if threads > 1 else ''}", *ms, f"{ms[0] / ms[2]:.2f}"])
+        rows.append([f"{threads}{' (cross-origin isolated page)' if isolated else ''}", *ms, f"{ms[0] / ms[2]:.2f}"])
     table(f"One verification of two photos, median ms ({len(pairs)} LFW dev pairs, {args.runs} runs each; "
           f"the page's fp16 file in both)",
           ["threads", "page (wasm): verification", "page: model", "onnxruntime-python: verification",

@@ -345,10 +345,11 @@ def add_export(sub) -> None:
                    help="fp16: half-precision weights and activations, for GPUs (float32 embeddings out); "
                    "with --end-to-end, weights stored in half precision, computed in float32 (smaller)")
     p.add_argument("--mtcnn", type=Path, metavar="DIR", help="also export P/R/O-net into DIR")
-    p.add_argument("--end-to-end", type=Path, metavar="OUT", help="one ONNX graph from a uint8 RGB photo to its "
-                   "face's embedding (detection, alignment, members, fusion), of --model")
-    p.add_argument("--web", type=Path, metavar="DIR", help="a static page verifying two photos in the browser "
-                   "(the end-to-end graph of --model run by onnxruntime-web; nothing is uploaded)")
+    graph = p.add_mutually_exclusive_group()
+    graph.add_argument("--end-to-end", type=Path, metavar="OUT", help="one ONNX graph from a uint8 RGB photo to its "
+                       "face's embedding (detection, alignment, members, fusion), of --model")
+    graph.add_argument("--web", type=Path, metavar="DIR", help="a static page verifying two photos in the browser "
+                       "(the end-to-end graph of --model, fp16 weights, run by onnxruntime-web; nothing is uploaded)")
     p.add_argument("--model", type=Path, help="--end-to-end, --web: the ONNX model (default: the bundled one)")
     p.add_argument("--ort-web", type=Path, metavar="PATH", help="--web: onnxruntime-web's package folder "
                    "(default: $FACEVERIFY_ORT_WEB, else the checkout's web/node_modules/onnxruntime-web)")
@@ -356,21 +357,8 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    if args.end_to_end:
-        from .e2e.model import export_end_to_end
-
-        metadata = export_end_to_end(args.end_to_end, args.model, args.precision)
-        print(f"{args.end_to_end}: photo → {metadata['embedding_dim']}-d embedding, faces by "
-              f"{metadata['detector']['name']}, weights {metadata['weights_sha256'][:12]} ({args.precision})",
-              file=sys.stderr)
-        return EXIT_OK
-    if args.web:
-        from .e2e.web import export_web
-
-        page = export_web(args.web, args.model, args.ort_web)
-        print(f"{args.web}: the page, {page['model']} and onnxruntime-web {page['onnxruntime_web']}; serve it, e.g. "
-              f"`python -m http.server -b 127.0.0.1 -d {args.web}`, and open http://127.0.0.1:8000", file=sys.stderr)
-        return EXIT_OK
+    if args.end_to_end or args.web:
+        return _export_graph(args)
     if not (args.checkpoint and args.out):
         raise FaceVerifyError("export needs CHECKPOINT OUT (or --end-to-end OUT, or --web DIR)")
     from .export import export_embedder, export_mtcnn
@@ -381,6 +369,28 @@ def cmd_export(args) -> int:
     if args.mtcnn:
         for path in export_mtcnn(args.mtcnn):
             print(path, file=sys.stderr)
+    return EXIT_OK
+
+
+def _export_graph(args) -> int:
+    """`export --end-to-end` or `--web`: they need onnx (the `export` extra), not torch."""
+    if args.checkpoint or args.mtcnn:
+        raise FaceVerifyError("--end-to-end and --web take the ONNX model as --model, not a checkpoint")
+    try:
+        from .e2e.model import export_end_to_end
+        from .e2e.web import export_web
+    except ImportError as exc:
+        raise FaceVerifyError(f"exporting a graph needs onnx: pip install 'faceverify[export]' "
+                              f"({exc.name or exc} is missing)") from None
+    if args.end_to_end:
+        metadata = export_end_to_end(args.end_to_end, args.model, args.precision)
+        print(f"{args.end_to_end}: photo → {metadata['embedding_dim']}-d embedding, faces by "
+              f"{metadata['detector']['name']}, weights {metadata['weights_sha256'][:12]} ({args.precision})",
+              file=sys.stderr)
+        return EXIT_OK
+    page = export_web(args.web, args.model, args.ort_web)
+    print(f"{args.web}: the page, {page['model']} and onnxruntime-web {page['onnxruntime_web']}; serve it, e.g. "
+          f"`python -m http.server -b 127.0.0.1 -d {args.web}`, and open http://127.0.0.1:8000", file=sys.stderr)
     return EXIT_OK
 
 

@@ -21,8 +21,7 @@ from torch import nn
 from .errors import ModelError
 from .runtime import MEMBER_NORMS
 from .metadata import ModelMetadata
-from . import onnx_graph
-from .onnx_graph import prelu_as_relu
+from .onnx_graph import half_storage, prelu_as_relu
 from .models import Ensemble, load_checkpoint
 from .models.ensemble import kind
 from .runtime import METADATA_KEY
@@ -57,7 +56,7 @@ def export_embedder(checkpoint: str | Path, out: str | Path, input_dtype: str = 
         if precision != "fp32":
             raise ModelError("fp16 compute is exported for single networks only; an ensemble keeps "
                              "fp16-stored weights in fp16 on its own")
-        proto = ensemble_graph(model, input_dtype, half_storage=metadata.weights_dtype == "float16")
+        proto = ensemble_graph(model, input_dtype, fp16_weights=metadata.weights_dtype == "float16")
     else:
         wrapper = _NHWCEmbedder(model.half() if precision == "fp16" else model).eval()
         size = metadata.templates[0].size
@@ -70,7 +69,7 @@ def export_embedder(checkpoint: str | Path, out: str | Path, input_dtype: str = 
     return metadata
 
 
-def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bool = False):
+def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", fp16_weights: bool = False):
     """One ONNX graph for `model` (see the module docstring): inputs `faces_<template>`
     (N, size, size, 3) in `model.templates` order, outputs "embeddings" and `MEMBER_NORMS`."""
     from onnx import TensorProto, compose, helper, numpy_helper, version_converter
@@ -80,8 +79,8 @@ def ensemble_graph(model: Ensemble, input_dtype: str = "uint8", half_storage: bo
     opset = max(_default_opset(g) for g in graphs)
     graphs = [g if _default_opset(g) == opset else version_converter.convert_version(g, opset)
               for g in graphs]
-    if half_storage:
-        graphs = [onnx_graph.half_storage(g) for g in graphs]
+    if fp16_weights:  # weights trained or kept in fp16: stored so, the same numbers
+        graphs = [half_storage(g) for g in graphs]
     graphs = [prelu_as_relu(g) for g in graphs]  # CPU speed, same arithmetic
     dtype = TensorProto.UINT8 if input_dtype == "uint8" else TensorProto.FLOAT
     inputs, nodes, initializers, value_info = [], [], [], []

@@ -1,8 +1,10 @@
-"""Graph edits shared by the repairs of third-party ONNX files (SFace in `models/sface.py`, YuNet in
-`faceverify/detect/yunet.py`): they change how a graph is declared (shapes, unused tensors,
-metadata), never a weight; and `prelu_as_relu`, the same arithmetic in operators onnxruntime's CPU
-kernels run faster (the ensemble's export applies it); and `half_storage`, float32 weights kept
-in float16 (the ensemble's fp16-trained members, the end-to-end graph's `--precision fp16`)."""
+"""Graph edits. The repairs of third-party ONNX files (SFace in `models/sface.py`, YuNet in
+`faceverify/detect/yunet.py`) change how a graph is declared (shapes, unused tensors, metadata),
+never a weight. The rest are for the files faceverify writes: `prelu_as_relu` and
+`dequantize_as_arithmetic`, the same arithmetic in operators onnxruntime runs faster;
+`shared_initializers`, equal weights kept once; `half_storage`, float32 weights stored in float16
+(the ensemble's fp16-trained members losslessly, the end-to-end graph's `--precision fp16`
+rounded)."""
 from __future__ import annotations
 
 import numpy as np
@@ -117,13 +119,17 @@ def half_storage(model: onnx.ModelProto, lossless_only: bool = True) -> onnx.Mod
     to float32: about half the file, computed in float32 as before (onnxruntime folds the casts when
     it loads the graph; its CPU and wasm kernels have no half-precision convolutions).
     `lossless_only`: only the tensors whose values are float16 numbers already (weights trained or
-    kept in fp16: the same numbers); otherwise every float32 tensor of 64 values or more (rounded)."""
+    kept in fp16: the same numbers); otherwise every float32 tensor of 64 values or more (rounded),
+    but those with values beyond float16's range."""
     casts, kept = [], []
     for init in model.graph.initializer:
         values = numpy_helper.to_array(init)
-        if init.data_type == onnx.TensorProto.FLOAT and values.size >= 64 and (
-                not lossless_only or np.array_equal(values.astype(np.float16).astype(np.float32), values)):
-            kept.append(numpy_helper.from_array(values.astype(np.float16), f"{init.name}/fp16"))
+        if init.data_type != onnx.TensorProto.FLOAT or values.size < 64 or np.abs(values).max() > np.finfo(np.float16).max:
+            kept.append(init)
+            continue
+        half = values.astype(np.float16)
+        if not lossless_only or np.array_equal(half.astype(np.float32), values):
+            kept.append(numpy_helper.from_array(half, f"{init.name}/fp16"))
             casts.append(helper.make_node("Cast", [f"{init.name}/fp16"], [init.name], to=onnx.TensorProto.FLOAT))
         else:
             kept.append(init)
@@ -172,8 +178,9 @@ def dequantize_as_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
     weights = {i.name: i for i in model.graph.initializer}
     nodes = []
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or not all(name in weights for name in node.input if name):
-            nodes.append(node)
+        if node.op_type != "DequantizeLinear" or not all(name in weights for name in node.input if name) or \
+                weights[node.input[1]].data_type != onnx.TensorProto.FLOAT or not _fits(node, weights):
+            nodes.append(node)  # left to onnxruntime: activations, float16 scales, layouts it would refuse
             continue
         x, scale, *rest = node.input
         zero = rest[0] if rest and rest[0] else None
@@ -209,3 +216,16 @@ def dequantize_as_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return model
+
+
+def _fits(node: onnx.NodeProto, weights: dict) -> bool:
+    """Whether a DequantizeLinear's scale has a shape its layout allows: one value (per tensor),
+    one per index of `axis`, or one per `block_size` indices of it (blocked)."""
+    x, scale = (list(weights[name].dims) for name in node.input[:2])
+    if len(scale) == 0 or scale == [1] and not attr(node, "block_size", 0):
+        return True
+    axis, block = attr(node, "axis", 1) % max(len(x), 1), attr(node, "block_size", 0)
+    if block:
+        return len(scale) == len(x) and all(s == (-(-d // block) if i == axis else d)
+                                            for i, (s, d) in enumerate(zip(scale, x)))
+    return scale == [x[axis]]

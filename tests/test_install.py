@@ -31,6 +31,11 @@ def test_wheel_is_lean_and_carries_its_model(wheel):
     assert not any(n.startswith(("app/", "api/")) for n in names)  # installed as faceverify_app, faceverify_api
     assert {"faceverify_app/main.py", "faceverify_api/main.py", "faceverify_api/routers/people.py",
             "faceverify/access/keys.py", "faceverify/gallery/sqlite_store.py"} <= set(names)
+    from faceverify.e2e.web import ORT_WEB_LICENSE, PAGE_FILES
+
+    # what `faceverify export --end-to-end` and `--web` need, but onnxruntime-web (npm)
+    assert {"faceverify/e2e/model.py", "faceverify/e2e/web.py",
+            *(f"faceverify/e2e/page/{n}" for n in (*PAGE_FILES, ORT_WEB_LICENSE))} <= set(names)
     assert wheel.stat().st_size < 50 << 20
 
 
@@ -64,6 +69,9 @@ def test_torch_free_install_verifies_from_outside_the_checkout(wheel, tmp_path):
     rest = subprocess.run([cli, "api"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert rest.returncode == 2, rest.stderr[-2000:]
     assert rest.stderr.strip() == "faceverify: error: the API needs FastAPI and uvicorn: pip install 'faceverify[api]'"
+    graph = subprocess.run([cli, "export", "--end-to-end", "e2e.onnx"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert graph.returncode == 2 and graph.stderr.strip().startswith(
+        "faceverify: error: exporting a graph needs onnx: pip install 'faceverify[export]'"), graph.stderr[-2000:]
     key = subprocess.run([cli, "keys", "add", "reception", "--scope", "verify", "--gallery", "g.db"],
                          capture_output=True, text=True, cwd=tmp_path, env=env)  # keys need no server stack
     assert key.returncode == 0 and key.stdout.startswith("fvk_"), key.stderr[-2000:]

@@ -1,19 +1,29 @@
-"""RetinaFace's post-processing as ONNX nodes: the network's per-anchor deltas decoded on the
-anchors of the input's size (`detect.retinaface.priors`, computed in the graph), faces below
-the score threshold dropped, greedy non-maximum suppression (NonMaxSuppression, IoU as torchvision
-and OpenCV count it), best first. It mirrors `RetinaFace._detections` (`decode` and `nms`); the
-test compares them on the network's outputs for real photos.
+"""RetinaFace in ONNX nodes: the network, its per-anchor deltas decoded on the anchors of the
+input's size (`detect.retinaface.priors`, computed in the graph), faces below the score threshold
+dropped, greedy non-maximum suppression (NonMaxSuppression, IoU as torchvision and OpenCV count
+it), best first (`decoded_faces`, mirroring `RetinaFace._detections`), and faces too large for
+the anchors detected again on a shrunk copy (`large_faces_redetected`, mirroring
+`RetinaFace._large_faces_redetected`). The tests compare each with the library's on real photos.
 """
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper
 
-from ..detect.retinaface import CENTRE_VARIANCE, LEVELS, NMS_IOU, SIZE_VARIANCE, RetinaFace, priors
-from .warp import OPSET, Nodes
+from ..detect.retinaface import (CENTRE_VARIANCE, LARGEST_RELIABLE_FACE_PX, LEVELS, NMS_IOU, REDETECT_FACE_PX,
+                                 SIZE_VARIANCE, RetinaFace, priors)
+from ..detect.single_pass import SMALLEST_FACE_PX
+from .warp import OPSET, Nodes, inlined
 
 #: faces a photo may yield at most (the graph's NonMaxSuppression output bound)
 MAX_FACES = 64
+
+
+def _slice(g: Nodes, vector: str, index: int, name: str) -> str:
+    """vector[index:index + 1]."""
+    return g.op("Slice", [vector, g.const(f"{name}_from", np.array([index], np.int64)),
+                          g.const(f"{name}_to", np.array([index + 1], np.int64))], name)
 
 
 def _columns(g: Nodes, tensor: str, start: int, stop: int, name: str) -> str:
@@ -106,6 +116,95 @@ def best_first(g: Nodes, boxes: str, scores: str, points: str, iou: float = NMS_
             g.op("Gather", [points, kept], "face_points", axis=0), g.op("Shape", [kept], "count"))
 
 
+def resized(g: Nodes, nchw: str, sides: str, scale: str) -> tuple[str, str]:
+    """(`nchw` (1, 3, h, w) resized by `scale` as `single_pass.resized_by` resizes (its (2,) float
+    `sides` times it, rounded, at least a pixel; antialiased when shrunk, as cv2's INTER_AREA
+    averages), its new (2,) int64 size)."""
+    sizes = g.op("Max", [g.op("Cast", [g.op("Round", [g.op("Mul", [sides, scale], "scaled_hw")], "rounded_hw")],
+                              "hw_int", to=TensorProto.INT64), g.const("one_px", np.array([1], np.int64))], "hw_sizes")
+    to = g.op("Concat", [g.const("nc", np.array([1, 3], np.int64)), sizes], "resize_to", axis=0)
+    return g.op("Resize", [nchw, "", "", to], "resized", mode="linear", antialias=1), sizes
+
+
+def short_sides(g: Nodes, boxes: str, name: str) -> str:
+    """Each (K, 4) box's short side, (K,)."""
+    corners = [g.op("Gather", [boxes, g.const(f"{name}_col{i}", np.int64(i))], f"{name}_b{i}", axis=1) for i in range(4)]
+    return g.op("Min", [g.op("Sub", [corners[2], corners[0]], f"{name}_w"), g.op("Sub", [corners[3], corners[1]], f"{name}_h")],
+                f"{name}_sides")
+
+
+def detected_faces(g: Nodes, detector: onnx.GraphProto, image: str, sizes: str) -> tuple[str, str, str]:
+    """(boxes (K, 4), scores (K,), landmarks (K, 5, 2)) RetinaFace finds in `image`, its input
+    ((1, 3, h, w) BGR minus the means) of (2,) int64 `sizes`, in its pixels, best first: the
+    network (`detector`, inlined under "retinaface/"), `decoded_faces`, `large_faces_redetected`."""
+    g.nodes.append(helper.make_node("Identity", [image], ["retinaface/input"]))
+    g.nodes += detector.node
+    anchors = anchor_nodes(g, *(_slice(g, sizes, i, f"detector_{n}") for i, n in enumerate("hw")))
+    found = decoded_faces(g, "retinaface/loc", "retinaface/conf", "retinaface/landmarks", anchors)
+    return large_faces_redetected(g, detector, image, sizes, found[:3])
+
+
+def large_faces_redetected(g: Nodes, detector: onnx.GraphProto, image: str, sizes: str,
+                           found: tuple[str, str, str]) -> tuple[str, str, str]:
+    """`found` (boxes, scores, points in the pixels of RetinaFace's input `image`, of (2,) `sizes`)
+    with faces above `LARGEST_RELIABLE_FACE_PX` taken from a copy shrunk until the largest measures
+    `REDETECT_FACE_PX`, and of the first pass only the faces too small to be seen there:
+    `RetinaFace._large_faces_redetected`, one level deep. An `If`: the second pass runs only for
+    photos that need it, its network the first one's nodes again on the same weights."""
+    boxes, scores, points = found
+    sides = short_sides(g, boxes, "found")
+    largest = g.op("ReduceMax", [g.op("Concat", [sides, g.const("no_side", np.zeros(1, np.float32))], "sides_or_0",
+                                      axis=0)], "largest_side", keepdims=0)
+    sizes_f = g.op("Cast", [sizes], "input_sides", to=TensorProto.FLOAT)
+    too_large = g.op("And", [
+        g.op("Greater", [largest, g.const("reliable", np.float32(LARGEST_RELIABLE_FACE_PX))], "face_too_large"),
+        g.op("Greater", [g.op("ReduceMin", [sizes_f], "input_short_side", keepdims=0),
+                         g.const("redetect_px", np.float32(REDETECT_FACE_PX))], "input_large_enough")], "redetect")
+
+    b = Nodes(f"{g.scope}/large")
+    scale = b.op("Div", [b.const("target", np.float32(REDETECT_FACE_PX)), largest], "scale")
+    small, small_sizes = resized(b, image, sizes_f, scale)
+    b.nodes.append(helper.make_node("Identity", [small], ["retinaface_large/input"]))
+    b.nodes += _network_copy(detector, "retinaface_large")
+    anchors = anchor_nodes(b, *(_slice(b, small_sizes, i, f"small_{n}") for i, n in enumerate("hw")))
+    large = decoded_faces(b, "retinaface_large/loc", "retinaface_large/conf", "retinaface_large/landmarks", anchors)
+    back = b.op("Reciprocal", [scale], "back")
+    unseen = b.op("Less", [sides, b.op("Mul", [b.const("smallest", np.float32(SMALLEST_FACE_PX)), back], "unseen_below")],
+                  "unseen")
+    merged = best_first(b, *(b.op("Concat", [b.op("Mul", [again, back], f"large_{n}_px") if n != "scores" else again,
+                                             b.op("Compress", [first, unseen], f"small_{n}", axis=0)], f"merged_{n}", axis=0)
+                             for n, again, first in zip(("boxes", "scores", "points"), large, found)))
+    as_found = Nodes(f"{g.scope}/as_found")
+    branches = []
+    for scope, values in ((b, merged[:3]), (as_found, found)):
+        names = [f"{scope.scope}/branch_{n}" for n in ("boxes", "scores", "points")]
+        scope.nodes += [helper.make_node("Identity", [v], [n]) for v, n in zip(values, names)]
+        outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
+        branches.append(helper.make_graph(scope.nodes, scope.scope.replace("/", "_"), [], outputs, scope.initializers))
+    faces = g.op("If", [too_large], "faces", outputs=3, then_branch=branches[0], else_branch=branches[1])
+    return faces, f"{faces}:1", f"{faces}:2"
+
+
+def _network_copy(detector: onnx.GraphProto, scope: str) -> list[onnx.NodeProto]:
+    """RetinaFace's nodes again, their activations renamed from "retinaface/" to `scope` (input
+    `scope`/input, outputs `scope`/loc, ...); the weights, and nodes computing only from weights
+    (the casts of half-stored ones), are the first copy's, read from the outer graph, an Identity of
+    a weight read as that weight (onnxruntime drops such Identities, and cannot rename what a
+    branch reads from outside)."""
+    constant = {i.name: i.name for i in detector.initializer}  # each to the name to read it by
+    nodes = []
+    for node in detector.node:
+        if all(name in constant for name in node.input if name):
+            for out in node.output:
+                constant[out] = constant[node.input[0]] if node.op_type == "Identity" else out
+            continue
+        rename = lambda name: constant.get(name, name and f"{scope}/{name.removeprefix('retinaface/')}")  # noqa: E731
+        nodes.append(helper.make_node(node.op_type, [rename(n) for n in node.input], [rename(n) for n in node.output],
+                                      name=rename(node.name or node.output[0]), domain=node.domain))
+        nodes[-1].attribute.extend(node.attribute)
+    return nodes
+
+
 def decoding_model(height: int, width: int, min_score: float = RetinaFace.default_min_score):
     """The post-processing alone, for tests: RetinaFace's three outputs for one `height` × `width`
     image in, `boxes`, `scores`, `landmarks`, `count` out."""
@@ -123,4 +222,20 @@ def decoding_model(height: int, width: int, min_score: float = RetinaFace.defaul
                helper.make_tensor_value_info("points", TensorProto.FLOAT, ["faces", 5, 2]),
                helper.make_tensor_value_info("count", TensorProto.INT64, [1])]
     graph = helper.make_graph(g.nodes, "faceverify_retinaface_decoding", inputs, outputs, g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceverify")
+
+
+def detection_model(detector: onnx.ModelProto):
+    """RetinaFace with its decoding and second pass alone, for tests: `input` (1, 3, H, W), BGR
+    minus the means, in; `boxes`, `scores`, `points` out, in its pixels."""
+    g = Nodes("faces")
+    detector_graph = inlined(detector, "retinaface/")
+    sizes = g.op("Slice", [g.op("Shape", ["input"], "input_shape"), g.const("hw_from", np.array([2], np.int64)),
+                           g.const("hw_to", np.array([4], np.int64))], "input_hw")
+    found = detected_faces(g, detector_graph, "input", sizes)
+    names = ("boxes", "scores", "points")
+    g.nodes += [helper.make_node("Identity", [value], [name]) for value, name in zip(found, names)]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names]
+    graph = helper.make_graph(g.nodes, "faceverify_retinaface", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, 3, "height", "width"])], outputs, list(detector_graph.initializer) + g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceverify")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
 from ..align import Template
 
@@ -44,6 +45,13 @@ class Nodes:
         names = [out] + [f"{out}:{i}" for i in range(1, outputs)]
         self.nodes.append(helper.make_node(kind, inputs, names, name=out, **attributes))
         return out
+
+
+def inlined(model: onnx.ModelProto, prefix: str) -> onnx.GraphProto:
+    """`model`'s graph at `OPSET`, every name prefixed: to be copied into another graph."""
+    if model.opset_import[0].version != OPSET:
+        model = version_converter.convert_version(model, OPSET)
+    return compose.add_prefix(model, prefix).graph
 
 
 #: every pair of the five landmarks: the two-point similarities LMedS chooses among

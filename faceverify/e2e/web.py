@@ -1,7 +1,7 @@
 """`faceverify export --web DIR`: a static page that verifies two photos in the browser.
 
 The folder holds the page (`index.html`, its module and style, from `page/`), the end-to-end graph
-(`model.py`, its weights in fp16), `model.json` (what the page needs from the model's metadata), onnxruntime-web's
+(`MODEL_FILE`, its weights in fp16), `model.json` (what the page needs from the model's metadata), onnxruntime-web's
 wasm files under `ort/` and the licences. Photos are decoded and run in the page: nothing is
 uploaded, nothing is fetched from elsewhere (onnxruntime-web comes from the pinned npm package
 `make js` installs in `web/`, copied here; the page points its wasm loader at `ort/`).
@@ -55,8 +55,8 @@ def export_web(out_dir: str | Path, embedder: str | Path | None = None, runtime:
 
     ort_web = find_runtime(runtime)  # before the export: a missing runtime fails at once
     out = Path(out_dir)
-    (out / "ort").mkdir(parents=True, exist_ok=True)
     metadata = export_end_to_end(out / MODEL_FILE, embedder, precision="fp16")
+    (out / "ort").mkdir(exist_ok=True)
     for name in PAGE_FILES:
         shutil.copyfile(PAGE / name, out / name)
     for name in ORT_WEB_FILES:

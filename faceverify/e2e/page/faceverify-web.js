@@ -89,7 +89,15 @@ async function decode(file, label) {
   }
 }
 
-// ---- the model: one run per photo
+// ---- the model: one run per photo, one run at a time (a newer verification waits its turn)
+
+let queue = Promise.resolve();
+
+function inTurn(task) {
+  const turn = queue.then(task);
+  queue = turn.catch(() => {});
+  return turn;
+}
 
 async function analyse(photo) {
   const outputs = await session.run({
@@ -101,7 +109,7 @@ async function analyse(photo) {
     embedding: outputs.embedding.data,
     detectorScore: outputs.score.data[0],
     box: Array.from(outputs.box.data),
-    aligned: outputs.aligned ? { pixels: outputs.aligned.data, size: outputs.aligned.dims[0] } : null,
+    aligned: { pixels: outputs.aligned.data, size: outputs.aligned.dims[0] },
   };
 }
 
@@ -109,7 +117,7 @@ function showFace(slot, face) {
   const canvas = slot.querySelector("canvas");
   const context = canvas.getContext("2d");
   context.clearRect(0, 0, canvas.width, canvas.height);
-  if (face && face.found && face.aligned) {
+  if (face && face.found) {
     const { pixels, size } = face.aligned;
     const rgba = new ImageData(size, size);
     for (let i = 0, j = 0; j < pixels.length; i += 4, j += 3) {
@@ -138,13 +146,16 @@ async function verify(files) {
     const start = performance.now();
     const photos = [];
     for (const [i, file] of files.entries()) photos.push(await decode(file, `Photo ${i + 1} (${file.name})`));
+    if (run !== latest) return result; // photos chosen again meanwhile: that verification will answer
     const decoded = performance.now();
-    const faces = [];
-    for (const photo of photos) faces.push(await analyse(photo));
+    const faces = await inTurn(async () => {
+      const found = [];
+      for (const photo of photos) found.push(await analyse(photo));
+      return found;
+    });
     const end = performance.now();
     Object.assign(result, { ms: end - start, decodeMs: decoded - start, modelMs: end - decoded,
-                            faces: faces.map(({ found, detectorScore, box, aligned }) =>
-                              ({ found, score: detectorScore, box, aligned: aligned !== null })) });
+                            faces: faces.map(({ found, detectorScore, box }) => ({ found, score: detectorScore, box })) });
     if (run !== latest) return result;
     faces.forEach((face, i) => showFace(slots[i], face));
     const missing = faces.flatMap((face, i) => (face.found ? [] : [`photo ${i + 1}`]));
@@ -183,7 +194,9 @@ function chosen() {
 
 let config, session;
 try {
-  config = await (await fetch("model.json")).json();
+  const response = await fetch("model.json");
+  if (!response.ok) throw new Error(`model.json: HTTP ${response.status} (serve the folder faceverify export --web wrote)`);
+  config = await response.json();
   ort.env.wasm.wasmPaths = new URL("ort/", import.meta.url).href; // the copies beside the page, never a CDN
   ort.env.wasm.numThreads = self.crossOriginIsolated ? navigator.hardwareConcurrency : 1;
   session = await ort.InferenceSession.create(config.model, { executionProviders: ["wasm"] });
@@ -206,6 +219,7 @@ try {
   window.faceverifyVerify = () => verify(inputs.map((input) => input.files[0])); // the benchmark's hook
   window.faceverifyReady = true;
 } catch (error) {
-  say(`The model could not be loaded: ${error.message ?? error}`, true);
+  const hint = location.protocol === "file:" ? " (open the page through a web server, e.g. python -m http.server)" : "";
+  say(`The model could not be loaded: ${error.message ?? error}${hint}`, true);
   window.faceverifyReady = false;
 }
