@@ -6,38 +6,18 @@
 //   `faceverify export --end-to-end MODEL.onnx`; --largest: the largest face, not the most central)
 //
 // Prints one JSON line: {"score", "same_person", "threshold", "faces": [found in A, found in B]}.
-// A photo that cannot be read or has no face: one line on stderr, exit code 2.
-import { readFileSync } from "node:fs";
+// A photo that cannot be read, is over 40 megapixels or has no face: one line on stderr, exit code 2.
+// photo.mjs reads the photos as the Python library does (transparent pixels on white, a JPEG's EXIF
+// orientation applied); jpeg-js decodes JPEG a little otherwise than libjpeg.
 import { parseArgs } from "node:util";
-import jpeg from "jpeg-js";
 import ort from "onnxruntime-node";
-import pngjs from "pngjs";
+import { InputError, readPhoto } from "./photo.mjs";
 
 const LARGEST = 0n, CENTRAL = 1n; // face_policy: the largest face, or the one nearest the centre
-const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
-class InputError extends Error {}
-
-function readPhoto(path) {
-  let photo;
-  try {
-    const bytes = readFileSync(path);
-    photo = bytes.subarray(0, 8).equals(PNG_SIGNATURE) ? pngjs.PNG.sync.read(bytes) : jpeg.decode(bytes, { useTArray: true });
-  } catch (error) {
-    throw new InputError(`${path}: not a readable JPEG or PNG (${error.message})`);
-  }
-  const { width, height, data } = photo; // RGBA, 8 bits: the graph takes (H, W, 3) uint8 RGB
-  const rgb = new Uint8Array(width * height * 3);
-  for (let i = 0, j = 0; i < data.length; i += 4, j += 3) {
-    rgb[j] = data[i];
-    rgb[j + 1] = data[i + 1];
-    rgb[j + 2] = data[i + 2];
-  }
-  return new ort.Tensor("uint8", rgb, [height, width, 3]);
-}
-
-async function embed(session, path, policy) {
-  const out = await session.run({ image: readPhoto(path), face_policy: new ort.Tensor("int64", [policy], [1]) });
+async function embed(session, path, { rgb, width, height }, policy) {
+  const image = new ort.Tensor("uint8", rgb, [height, width, 3]);
+  const out = await session.run({ image, face_policy: new ort.Tensor("int64", [policy], [1]) });
   const faces = Number(out.faces_found.data[0]);
   if (faces === 0) throw new InputError(`${path}: no face found`);
   return { embedding: out.embedding.data, faces, threshold: out.threshold.data[0] };
@@ -50,13 +30,14 @@ async function main() {
   });
   if (positionals.length !== 3) throw new InputError("usage: node verify.mjs MODEL.onnx PHOTO_A PHOTO_B [--largest]");
   const [modelPath, pathA, pathB] = positionals;
+  const [imageA, imageB] = [readPhoto(pathA), readPhoto(pathB)]; // before the model: a bad photo fails fast
   const session = await ort.InferenceSession.create(modelPath);
   if (!session.outputNames.includes("threshold")) {
     throw new InputError(`${modelPath}: no threshold output (export it again: faceverify export --end-to-end)`);
   }
   const policy = values.largest ? LARGEST : CENTRAL;
-  const a = await embed(session, pathA, policy);
-  const b = await embed(session, pathB, policy);
+  const a = await embed(session, pathA, imageA, policy);
+  const b = await embed(session, pathB, imageB, policy);
   // the embeddings are L2-normalised: their dot product is the cosine
   const score = a.embedding.reduce((sum, x, i) => sum + x * b.embedding[i], 0);
   const threshold = a.threshold; // the model's calibrated threshold (best accuracy on LFW dev pairs)
