@@ -37,7 +37,7 @@ js:
 test: $(STAMP) browser js
 	$(BIN)/python -m pytest -q --durations=10  # the ten slowest: the suite must stay under 15 minutes
 
-bench: $(STAMP)
+bench: $(STAMP) browser js
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -22,6 +22,7 @@ if __name__ == "__main__":
                              ("bench_openset.py", ["--counts", "0", "--plot", str(Path(tmp) / "openset.png")]),
                              ("bench_cluster.py", []), ("bench_quality.py", []), ("bench_gates.py", []),
                              ("bench_crops.py", []), ("bench_api.py", []),
+                             ("bench_e2e.py", []), ("bench_web.py", []),  # needs Chromium and `make js`
                              ("bench_node.py", [])]:  # skipped without node; needs `make js`
             print(f"\n## {script}", flush=True)
             subprocess.run([sys.executable, str(HERE / script), *args], check=True)
