@@ -55,6 +55,7 @@ def library_score(library, a, b) -> float:
     return float(first @ second)
 
 
+@pytest.mark.slow  # two node runs of two photos each
 @pytest.mark.parametrize("pair, same", [(SAME, True), (DIFFERENT, False)], ids=["same", "different"])
 def test_node_decides_lfw_pairs_as_the_library_does(end_to_end_onnx, library, tmp_path, pair, same):
     run = verify(end_to_end_onnx, *pair)
