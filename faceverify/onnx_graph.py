@@ -123,8 +123,8 @@ def half_storage(model: onnx.ModelProto, lossless_only: bool = True) -> onnx.Mod
     but those with values beyond float16's range."""
     casts, kept = [], []
     for init in model.graph.initializer:
-        values = numpy_helper.to_array(init)
-        if init.data_type != onnx.TensorProto.FLOAT or values.size < 64 or np.abs(values).max() > np.finfo(np.float16).max:
+        values = numpy_helper.to_array(init) if init.data_type == onnx.TensorProto.FLOAT else None  # others stay
+        if values is None or values.size < 64 or np.abs(values).max() > np.finfo(np.float16).max:
             kept.append(init)
             continue
         half = values.astype(np.float16)

@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import ModelError
 from ..images import MAX_PIXELS
+from ..metadata import ModelMetadata
 from .model import CENTRAL, export_end_to_end
 
 #: the onnxruntime-web release the page is built for: web/package.json pins the same (a test checks)
@@ -66,7 +67,7 @@ def export_web(out_dir: str | Path, embedder: str | Path | None = None, runtime:
     licences = _copy_licences(metadata, weights_dir() / "licenses", out / "licenses")
     page = {
         "faceverify": __version__, "model": MODEL_FILE, "weights_sha256": metadata["weights_sha256"],
-        "embedding_dim": metadata["embedding_dim"], "threshold": metadata["thresholds"]["best_accuracy"]["value"],
+        "embedding_dim": metadata["embedding_dim"], "threshold": ModelMetadata.from_dict(metadata).threshold(),
         "face_policy": CENTRAL, "max_pixels": MAX_PIXELS, "onnxruntime_web": ORT_WEB_VERSION,
         "detector": {"name": metadata["detector"]["name"], "licences": metadata["detector"].get("licences", {})},
         "members": [{key: m.get(key) for key in ("name", "arch", "licence", "source")} for m in metadata["members"]],
